@@ -1,0 +1,3 @@
+from sanitizer.cli import main
+
+main()

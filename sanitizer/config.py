@@ -1,0 +1,234 @@
+"""Typed configuration: defaults < YAML file < CLI overrides, and a stable fingerprint.
+
+The fingerprint hashes only the sections that change output pixels (detect, redact,
+video, output), so two runs with the same fingerprint produce the same redaction.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from sanitizer.errors import ConfigError
+
+
+@dataclass(slots=True)
+class InputConfig:
+    include_hidden: bool = False  # list files and folders whose name starts with "."
+    hash_algorithm: str = "sha256"
+    storage_options: dict[str, Any] = field(default_factory=dict)  # passed to fsspec for SRC
+
+
+@dataclass(slots=True)
+class DetectConfig:
+    detector: str = "centerface"  # centerface | haar
+    threshold: float = 0.2  # score threshold at the native (1x) scale
+    # Multi-scale inference: the image is also run at `upscale` times its size when its
+    # long side is under `upscale_below` px (small faces become detectable), with its own
+    # (higher) threshold because upscaled passes produce more false positives.
+    upscale: float = 2.0
+    upscale_below: int = 1100
+    upscale_threshold: float = 0.35
+    # Very large images are split into overlapping tiles of `tile_size` px at native scale.
+    tile_above: int = 2400
+    tile_size: int = 1280
+    tile_overlap: int = 160
+    hflip: bool = False  # also detect on the mirrored image (a second opinion)
+    nms_iou: float = 0.3
+    min_face: int = 4  # px; smaller boxes are dropped
+    max_side: int = 1920  # long side for the 1x pass; bigger images are downscaled (or tiled)
+    threads: int = 1  # inference threads per worker process
+    haar_scale_factor: float = 1.1
+    haar_min_neighbors: int = 4
+
+
+@dataclass(slots=True)
+class RedactConfig:
+    method: str = "gaussian"  # gaussian | pixelate | solid
+    shape: str = "ellipse"  # ellipse | box
+    margin: float = 1.3  # mask = detection box enlarged this many times, clipped to the image
+    blocks: int = 8  # pixelate: at most this many blocks across a face
+    blur_strength: float = 0.5  # gaussian: sigma = strength * face side (irreversible at 0.5)
+    color: tuple[int, int, int] = (0, 0, 0)  # solid fill colour, RGB
+
+
+@dataclass(slots=True)
+class VideoConfig:
+    codec: str = "libx264"  # H.264 for mp4/mov/mkv/avi; WebM uses libvpx-vp9
+    preset: str = "veryfast"
+    crf: int = 20
+    detect_every: int = 1  # run the detector on every k-th frame; tracking covers the rest
+    detect_max_side: int = 1280  # frames are downscaled to this long side for detection
+    track_keep: int = 8  # frames a track stays covered after its last detection
+    track_lead: int = 4  # frames a track is covered before its first detection (look-ahead)
+    track_iou: float = 0.2  # association threshold between a track and a new detection
+    threads: int = 0  # codec threads; 0 = let FFmpeg decide
+
+
+@dataclass(slots=True)
+class OutputConfig:
+    jpeg_quality: int = 92
+    webp_quality: int = 90
+    overwrite: bool = True  # replace outputs already at DST
+
+
+@dataclass(slots=True)
+class ExecutionConfig:
+    workers: int = 0  # 0 = one per core
+    threads_per_worker: int = 1
+    scheduler: str = ""  # address of an existing Dask scheduler, "" = embedded LocalCluster
+    shard_bytes: int = 64 * 1024 * 1024  # target bytes of input per task
+    shard_files: int = 64  # at most this many files per task
+    retries: int = 1  # retries of a shard whose worker died
+    memory_limit: str = "auto"
+
+
+@dataclass(slots=True)
+class RecordConfig:
+    """GDPR Art. 30 record-of-processing fields written to every run row."""
+
+    controller: str = ""
+    dpo_contact: str = ""
+    purpose: str = "Removal of personal data (faces) from media collected for trend analysis"
+    legal_basis: str = "GDPR Art. 6(1)(f) legitimate interests; data minimisation Art. 5(1)(c)"
+    data_categories: str = "Images and video of natural persons (faces)"
+    data_subjects: str = "People appearing in collected social-media media"
+    recipients: str = ""
+    retention: str = "Originals deleted after sanitisation; redacted outputs kept"
+    transfers: str = "none"
+    security_measures: str = "Irreversible face redaction; metadata stripped; fail-closed publishing"
+
+
+@dataclass(slots=True)
+class Config:
+    input: InputConfig = field(default_factory=InputConfig)
+    detect: DetectConfig = field(default_factory=DetectConfig)
+    redact: RedactConfig = field(default_factory=RedactConfig)
+    video: VideoConfig = field(default_factory=VideoConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+    execution: ExecutionConfig = field(default_factory=ExecutionConfig)
+    record: RecordConfig = field(default_factory=RecordConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True, default=list)
+
+    def fingerprint(self) -> str:
+        """sha256 (16 hex) over the sections that affect output pixels."""
+        d = self.to_dict()
+        relevant = {k: d[k] for k in ("detect", "redact", "video", "output")}
+        relevant["detect"].pop("threads", None)
+        relevant["video"].pop("threads", None)
+        blob = json.dumps(relevant, sort_keys=True, default=list).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+SECTIONS = {f.name: f.type for f in dataclasses.fields(Config)}
+
+
+def _section_class(name: str) -> type:
+    return {
+        "input": InputConfig,
+        "detect": DetectConfig,
+        "redact": RedactConfig,
+        "video": VideoConfig,
+        "output": OutputConfig,
+        "execution": ExecutionConfig,
+        "record": RecordConfig,
+    }[name]
+
+
+def _coerce(section: str, name: str, value: Any, default: Any) -> Any:
+    where = f"{section}.{name}"
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where} must be true or false, got {value!r}")
+        return value
+    if isinstance(default, int):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where} must be an integer, got {value!r}")
+        return value
+    if isinstance(default, float):
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{where} must be a number, got {value!r}")
+        return float(value)
+    if isinstance(default, str):
+        if not isinstance(value, str):
+            raise ConfigError(f"{where} must be a string, got {value!r}")
+        return value
+    if isinstance(default, tuple):
+        if not isinstance(value, list | tuple) or len(value) != len(default):
+            raise ConfigError(f"{where} must be a list of {len(default)} numbers, got {value!r}")
+        return tuple(int(v) for v in value)
+    if isinstance(default, dict):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where} must be a mapping, got {value!r}")
+        return dict(value)
+    return value
+
+
+def from_dict(data: dict[str, Any] | None, base: Config | None = None) -> Config:
+    """Apply a nested mapping onto `base` (defaults if None), validating names and types."""
+    cfg = base if base is not None else Config()
+    for section, values in (data or {}).items():
+        if section not in SECTIONS:
+            raise ConfigError(f"unknown config section {section!r} (known: {', '.join(SECTIONS)})")
+        if values is None:
+            continue
+        if not isinstance(values, dict):
+            raise ConfigError(f"config section {section!r} must be a mapping")
+        obj = getattr(cfg, section)
+        known = {f.name for f in dataclasses.fields(_section_class(section))}
+        for name, value in values.items():
+            if name not in known:
+                raise ConfigError(
+                    f"unknown option {section}.{name} (known: {', '.join(sorted(known))})"
+                )
+            setattr(obj, name, _coerce(section, name, value, getattr(obj, name)))
+    validate(cfg)
+    return cfg
+
+
+def load(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
+    """Defaults, then the YAML file at `path`, then `overrides` ({"section": {"opt": v}})."""
+    cfg = Config()
+    if path is not None:
+        p = Path(path)
+        try:
+            data = yaml.safe_load(p.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {p}") from None
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError(f"cannot read config file {p}: {str(exc).splitlines()[0]}") from None
+        if data is not None and not isinstance(data, dict):
+            raise ConfigError(f"config file {p} must hold a mapping of sections")
+        cfg = from_dict(data, cfg)
+    return from_dict(overrides or {}, cfg)
+
+
+def validate(cfg: Config) -> None:
+    from sanitizer.redact import METHODS, SHAPES  # local: redact imports nothing of ours
+
+    d, r, v = cfg.detect, cfg.redact, cfg.video
+    if r.method not in METHODS:
+        raise ConfigError(f"unknown redaction method {r.method!r} (known: {', '.join(METHODS)})")
+    if r.shape not in SHAPES:
+        raise ConfigError(f"unknown mask shape {r.shape!r} (known: {', '.join(SHAPES)})")
+    if not 0.0 < d.threshold < 1.0:
+        raise ConfigError(f"detect.threshold must be between 0 and 1, got {d.threshold}")
+    if r.margin < 1.0:
+        raise ConfigError(f"redact.margin must be >= 1.0 (a mask never smaller than the face), got {r.margin}")
+    if r.blocks < 1:
+        raise ConfigError("redact.blocks must be >= 1")
+    if v.detect_every < 1:
+        raise ConfigError("video.detect_every must be >= 1")
+    if cfg.execution.workers < 0:
+        raise ConfigError("execution.workers must be >= 0")

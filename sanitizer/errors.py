@@ -1,0 +1,41 @@
+"""Exceptions raised by sanitizer.
+
+    SanitizerError                 base of everything below
+    ├── ConfigError                bad option, unknown registry name, unreadable config file
+    ├── StorageError               cannot list/read/write a location; DST inside SRC
+    ├── DetectorError              model missing or unusable
+    └── MediaError                 one file could not be handled (becomes an audit row)
+        ├── DecodeError            unreadable, truncated or unsupported input
+        └── EncodeError            output could not be produced
+
+Only `cli` turns these into one-line messages and exit codes; per-file `MediaError`s
+become `failed` rows in the audit and never stop the job.
+"""
+
+
+class SanitizerError(Exception):
+    """Base class of all sanitizer errors."""
+
+
+class ConfigError(SanitizerError):
+    """An option or config file is invalid."""
+
+
+class StorageError(SanitizerError):
+    """A storage location cannot be listed, read or written."""
+
+
+class DetectorError(SanitizerError):
+    """The face detector cannot be loaded or run."""
+
+
+class MediaError(SanitizerError):
+    """One media file could not be processed."""
+
+
+class DecodeError(MediaError):
+    """The input could not be fully decoded."""
+
+
+class EncodeError(MediaError):
+    """The redacted output could not be encoded or written."""

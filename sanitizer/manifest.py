@@ -1,0 +1,79 @@
+"""SRC → MediaItem rows: list every file, sniff its kind from magic bytes, size and hash."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+from sanitizer import storage
+from sanitizer.errors import StorageError
+from sanitizer.records import MANIFEST_SCHEMA, MediaItem, to_table
+
+HEAD_BYTES = 64
+
+_FTYP_IMAGE = {b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1", b"avif", b"avis"}
+_MOV_ATOMS = {b"moov", b"mdat", b"wide", b"free", b"skip", b"pnot"}
+
+
+def sniff(head: bytes) -> tuple[str, str]:
+    """(kind, format) from the first bytes of a file; ("other", "") when not media."""
+    if head.startswith(b"\xff\xd8\xff"):
+        return "image", "jpeg"
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "image", "png"
+    if head[:6] in (b"GIF87a", b"GIF89a"):
+        return "image", "gif"
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "image", "webp"
+    if head[:4] == b"RIFF" and head[8:12] == b"AVI ":
+        return "video", "avi"
+    if head[:4] in (b"II*\x00", b"MM\x00*"):
+        return "image", "tiff"
+    if head[:2] == b"BM" and len(head) >= 14:
+        return "image", "bmp"
+    if head[4:8] == b"ftyp":
+        brand = head[8:12]
+        if brand in _FTYP_IMAGE:
+            return "image", "avif" if brand in (b"avif", b"avis") else "heif"
+        return "video", "mov" if brand == b"qt  " else "mp4"
+    if head[4:8] in _MOV_ATOMS:
+        return "video", "mov"
+    if head[:4] == b"\x1a\x45\xdf\xa3":
+        return "video", "webm" if b"webm" in head else "mkv"
+    return "other", ""
+
+
+def build(
+    src: storage.Location,
+    *,
+    include_hidden: bool = False,
+    with_hash: bool = True,
+    threads: int = 16,
+    on_item: Callable[[MediaItem], None] | None = None,
+) -> list[MediaItem]:
+    """List SRC. Hashing reads every byte; `run` leaves it to the workers (with_hash=False)."""
+    entries = list(storage.walk(src, include_hidden))
+
+    def one(entry: tuple[str, int]) -> MediaItem:
+        key, size = entry
+        try:
+            kind, fmt = sniff(storage.read_head(src, key, HEAD_BYTES)) if size else ("other", "")
+            digest = storage.sha256_of(src, key) if with_hash else ""
+        except StorageError:
+            kind, fmt, digest = "other", "", ""
+        item = MediaItem(key, src.uri(key), kind, fmt, size, digest)
+        if on_item:
+            on_item(item)
+        return item
+
+    if len(entries) <= 1 or threads <= 1:
+        return [one(e) for e in entries]
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        return list(pool.map(one, entries))
+
+
+def to_parquet_table(items: list[MediaItem]):
+    return to_table(
+        [dict(key=i.key, uri=i.uri, kind=i.kind, format=i.format, size=i.size, sha256=i.sha256) for i in items],
+        MANIFEST_SCHEMA,
+    )

@@ -1,0 +1,1 @@
+"""Decoding and encoding of media: images with Pillow, video with PyAV."""

@@ -1,0 +1,150 @@
+"""One file end to end → (FileResult row, detection rows). Never raises for a bad file.
+
+Knows nothing about Dask: `execute` calls `process_item` on workers, tests call it directly.
+Fail closed: the output is written only after the whole file was decoded, scanned and
+redacted; on any error the result is `failed`, nothing is written, and a stale output of an
+earlier run at the same key is removed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import tempfile
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from sanitizer import storage
+from sanitizer.config import Config
+from sanitizer.errors import MediaError, SanitizerError, StorageError
+from sanitizer.records import Detections, FileResult, MediaItem
+from sanitizer.redact import RedactParams, params_from_config
+
+
+@dataclass
+class Context:
+    """What every file of a run shares (built once per worker)."""
+
+    run_id: str
+    cfg: Config
+    detector: Any  # sanitizer.detect.Detector
+    dst: storage.Location
+    src: storage.Location
+    fingerprint: str
+    params: RedactParams
+
+    @classmethod
+    def create(cls, run_id: str, cfg: Config, detector, src: storage.Location, dst: storage.Location) -> Context:
+        return cls(run_id, cfg, detector, dst, src, cfg.fingerprint(), params_from_config(cfg.redact))
+
+
+def detection_rows(run_id: str, key: str, frame: int, t_ms: float, faces: Detections,
+                   track_ids=None, detected=None) -> list[dict[str, Any]]:
+    rows = []
+    for i in range(len(faces)):
+        x1, y1, x2, y2 = (float(v) for v in faces.boxes[i])
+        rows.append(dict(
+            run_id=run_id, key=key, frame=int(frame), t_ms=float(t_ms),
+            x=x1, y=y1, w=x2 - x1, h=y2 - y1, score=float(faces.scores[i]),
+            track_id=int(track_ids[i]) if track_ids is not None else -1,
+            detected=bool(detected[i]) if detected is not None else True,
+        ))
+    return rows
+
+
+def _result(ctx: Context, item: MediaItem, **kw) -> FileResult:
+    return FileResult(
+        run_id=ctx.run_id, key=item.key, source_uri=item.uri, source_sha256=item.sha256,
+        size=item.size, kind=item.kind, detector=ctx.detector.name if ctx.detector else "",
+        model_sha256=getattr(ctx.detector, "model_sha256", "") if ctx.detector else "",
+        config_fingerprint=ctx.fingerprint, worker=socket.gethostname(), **kw,
+    )
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text[:500]
+
+
+def process_item(item: MediaItem, ctx: Context) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Process one manifest item. Returns (files row, detection rows)."""
+    started = time.time()
+    res = _result(ctx, item, status="failed", started=started)
+    dets: list[dict[str, Any]] = []
+    try:
+        if item.kind == "other":
+            res.status, res.error = "skipped", "not an image or video (by content)"
+        elif item.kind == "image":
+            dets = _process_image(item, ctx, res)
+            res.status = "ok"
+        elif item.kind == "video":
+            dets = _process_video(item, ctx, res)
+            res.status = "ok"
+        else:
+            res.error = f"unknown kind {item.kind!r}"
+    except (MediaError, StorageError) as exc:
+        res.status, res.error, dets = "failed", _one_line(exc), []
+    except SanitizerError as exc:
+        res.status, res.error, dets = "failed", _one_line(exc), []
+    except MemoryError:
+        res.status, res.error, dets = "failed", "out of memory while processing", []
+    except Exception as exc:  # noqa: BLE001 - fail closed on anything unexpected, keep the job alive
+        res.status, res.error, dets = "failed", f"internal error: {type(exc).__name__}: {_one_line(exc)}", []
+    if res.status != "ok":
+        res.output_uri = res.output_sha256 = ""
+        res.n_faces = 0
+        if item.kind != "other":
+            try:  # never leave a stale output of an earlier run for a file that now fails
+                storage.remove(ctx.dst, item.key)
+            except StorageError as exc:
+                res.error += f"; {exc}"
+    res.finished = time.time()
+    res.duration_ms = (res.finished - started) * 1000
+    return res.to_row(), dets
+
+
+def _process_image(item: MediaItem, ctx: Context, res: FileResult) -> list[dict[str, Any]]:
+    from sanitizer.media import image
+
+    data = storage.read_bytes(ctx.src, item.key)
+    res.source_sha256 = hashlib.sha256(data).hexdigest()
+    out = image.sanitize(
+        data, ctx.detector, ctx.params, expected=item.format,
+        jpeg_quality=ctx.cfg.output.jpeg_quality, webp_quality=ctx.cfg.output.webp_quality,
+    )
+    rows = []
+    for frame, t_ms, faces in out.detections:
+        rows += detection_rows(ctx.run_id, item.key, frame, t_ms, faces)
+    res.frames = len(out.detections)
+    res.output_uri = storage.put_bytes(ctx.dst, item.key, out.payload)
+    res.output_sha256 = hashlib.sha256(out.payload).hexdigest()
+    res.n_faces = len(rows)
+    return rows
+
+
+def _process_video(item: MediaItem, ctx: Context, res: FileResult) -> list[dict[str, Any]]:
+    from sanitizer.media import video
+
+    with storage.local_copy(ctx.src, item.key) as (src_path, digest):
+        res.source_sha256 = digest
+        suffix = os.path.splitext(item.key)[1] or f".{item.format}"
+        with tempfile.TemporaryDirectory(prefix="sanitizer-out-") as tmp:
+            out_path = os.path.join(tmp, "out" + suffix)
+            out = video.sanitize(src_path, out_path, ctx.detector, ctx.params, ctx.cfg.video,
+                                 container=item.format)
+            rows = []
+            for frame, t_ms, faces, track_ids, detected in out.detections:
+                rows += detection_rows(ctx.run_id, item.key, frame, t_ms, faces, track_ids, detected)
+            res.frames, res.fps = out.frames, out.fps
+            res.media_duration_ms, res.audio_kept = out.duration_ms, out.audio_kept
+            res.dropped_packets = out.dropped_packets
+            h = hashlib.sha256()
+            with open(out_path, "rb") as f:
+                while chunk := f.read(1 << 20):
+                    h.update(chunk)
+            res.output_uri = storage.put_file(ctx.dst, item.key, out_path)
+            res.output_sha256 = h.hexdigest()
+    res.n_faces = len(rows)
+    return rows

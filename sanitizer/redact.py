@@ -1,0 +1,158 @@
+"""Irreversible redaction: masks and methods. Pure functions that return new arrays.
+
+Images are numpy arrays in RGB(A) order, HxW (gray), HxWx3 or HxWx4, uint8 or uint16.
+Alpha is never changed. Each face is handled in its own region of interest, so the cost
+grows with the face area, not the frame size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+
+@dataclass(frozen=True, slots=True)
+class RedactParams:
+    method: str = "gaussian"
+    shape: str = "ellipse"
+    margin: float = 1.3
+    blocks: int = 8
+    blur_strength: float = 0.5
+    color: tuple[int, int, int] = (0, 0, 0)
+
+
+SHAPES = ("ellipse", "box")
+
+
+def expand_boxes(boxes: np.ndarray, margin: float, width: int, height: int) -> np.ndarray:
+    """Enlarge (n,4) x1,y1,x2,y2 boxes about their centre by `margin`, clip, round outward."""
+    b = np.asarray(boxes, np.float64).reshape(-1, 4)
+    cx, cy = (b[:, 0] + b[:, 2]) / 2, (b[:, 1] + b[:, 3]) / 2
+    hw, hh = (b[:, 2] - b[:, 0]) * margin / 2, (b[:, 3] - b[:, 1]) * margin / 2
+    out = np.stack([np.floor(cx - hw), np.floor(cy - hh), np.ceil(cx + hw), np.ceil(cy + hh)], 1)
+    out[:, [0, 2]] = out[:, [0, 2]].clip(0, width)
+    out[:, [1, 3]] = out[:, [1, 3]].clip(0, height)
+    return out.astype(np.int64)
+
+
+def _region_mask(shape: str, box: np.ndarray, roi: tuple[int, int, int, int]) -> np.ndarray:
+    """Boolean mask of one (unclipped, enlarged) face inside the clipped `roi` x1,y1,x2,y2."""
+    x1, y1, x2, y2 = roi
+    h, w = y2 - y1, x2 - x1
+    if shape == "box":
+        return np.ones((h, w), bool)
+    m = np.zeros((h, w), np.uint8)
+    bx1, by1, bx2, by2 = box
+    # sub-pixel ellipse: cv2 shift=4 gives 1/16 px precision
+    s = 16
+    center = (int(round(((bx1 + bx2) / 2 - x1) * s)), int(round(((by1 + by2) / 2 - y1) * s)))
+    axes = (max(1, int(round((bx2 - bx1) / 2 * s))), max(1, int(round((by2 - by1) / 2 * s))))
+    cv2.ellipse(m, center, axes, 0, 0, 360, 1, -1, lineType=cv2.LINE_8, shift=4)
+    return m.astype(bool)
+
+
+def mask_for(
+    boxes: np.ndarray, height: int, width: int, shape: str = "ellipse", margin: float = 1.3
+) -> np.ndarray:
+    """Full-size boolean mask of all faces (used by evaluation and tests)."""
+    mask = np.zeros((height, width), bool)
+    for box, roi in _regions(boxes, margin, width, height):
+        x1, y1, x2, y2 = roi
+        mask[y1:y2, x1:x2] |= _region_mask(shape, box, roi)
+    return mask
+
+
+def _regions(boxes: np.ndarray, margin: float, width: int, height: int):
+    b = np.asarray(boxes, np.float64).reshape(-1, 4)
+    cx, cy = (b[:, 0] + b[:, 2]) / 2, (b[:, 1] + b[:, 3]) / 2
+    hw, hh = (b[:, 2] - b[:, 0]) * margin / 2, (b[:, 3] - b[:, 1]) * margin / 2
+    big = np.stack([cx - hw, cy - hh, cx + hw, cy + hh], 1)
+    rois = expand_boxes(boxes, margin, width, height)
+    for box, roi in zip(big, rois, strict=True):
+        x1, y1, x2, y2 = (int(v) for v in roi)
+        if x2 > x1 and y2 > y1:
+            yield box, (x1, y1, x2, y2)
+
+
+def _gaussian(roi: np.ndarray, side: float, p: RedactParams) -> np.ndarray:
+    """Blur with sigma = strength * face side: downscale, blur, upscale (constant cost)."""
+    h, w = roi.shape[:2]
+    sigma = max(1.0, p.blur_strength * side)
+    scale = min(1.0, 2.0 / sigma)
+    sw, sh = max(1, int(round(w * scale))), max(1, int(round(h * scale)))
+    small = cv2.resize(roi, (sw, sh), interpolation=cv2.INTER_AREA)
+    small = cv2.GaussianBlur(small, (0, 0), sigmaX=max(0.5, sigma * scale), borderType=cv2.BORDER_REPLICATE)
+    return cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR).reshape(roi.shape)
+
+
+def _pixelate(roi: np.ndarray, side: float, p: RedactParams) -> np.ndarray:
+    """At most `blocks` blocks across the face: block side = ceil(face side / blocks)."""
+    h, w = roi.shape[:2]
+    block = max(1, int(np.ceil(side / max(1, p.blocks))))
+    sw, sh = max(1, int(np.ceil(w / block))), max(1, int(np.ceil(h / block)))
+    small = cv2.resize(roi, (sw, sh), interpolation=cv2.INTER_AREA)
+    return cv2.resize(small, (w, h), interpolation=cv2.INTER_NEAREST).reshape(roi.shape)
+
+
+def _solid(roi: np.ndarray, side: float, p: RedactParams) -> np.ndarray:
+    out = np.empty_like(roi)
+    color = np.asarray(p.color, np.float64)
+    if roi.dtype == np.uint16:
+        color = color * 257
+    if roi.ndim == 2 or roi.shape[2] == 1:
+        out[...] = int(round(float(color @ [0.299, 0.587, 0.114])))
+    else:
+        out[...] = color[: roi.shape[2]].astype(roi.dtype)
+    return out
+
+
+METHODS: dict[str, Callable[[np.ndarray, float, RedactParams], np.ndarray]] = {
+    "gaussian": _gaussian,
+    "pixelate": _pixelate,
+    "solid": _solid,
+}
+
+
+def redact(image: np.ndarray, boxes: np.ndarray, params: RedactParams) -> np.ndarray:
+    """Return a copy of `image` with every face box redacted. Alpha channels are kept."""
+    out = image.copy()
+    redact_inplace(out, boxes, params)
+    return out
+
+
+def redact_inplace(image: np.ndarray, boxes: np.ndarray, params: RedactParams) -> None:
+    """Redact `image` in place (for frame buffers the caller owns)."""
+    try:
+        method = METHODS[params.method]
+    except KeyError:
+        raise ValueError(f"unknown redaction method {params.method!r} (known: {', '.join(METHODS)})") from None
+    if params.shape not in SHAPES:
+        raise ValueError(f"unknown mask shape {params.shape!r} (known: {', '.join(SHAPES)})")
+    h, w = image.shape[:2]
+    color_channels = 3 if image.ndim == 3 and image.shape[2] == 4 else None
+    if image.ndim == 3 and image.shape[2] == 2:  # gray + alpha
+        color_channels = 1
+    for box, roi in _regions(boxes, params.margin, w, h):
+        x1, y1, x2, y2 = roi
+        view = image[y1:y2, x1:x2]
+        if color_channels is not None:
+            view = view[..., :color_channels]
+        region = np.ascontiguousarray(view)
+        side = float(np.sqrt(max(1.0, (box[2] - box[0]) * (box[3] - box[1])))) / params.margin
+        redacted = method(region, side, params)
+        m = _region_mask(params.shape, box, roi)
+        view[m] = redacted[m]
+
+
+def params_from_config(cfg) -> RedactParams:  # cfg: sanitizer.config.RedactConfig
+    return RedactParams(
+        method=cfg.method,
+        shape=cfg.shape,
+        margin=cfg.margin,
+        blocks=cfg.blocks,
+        blur_strength=cfg.blur_strength,
+        color=tuple(cfg.color),
+    )
