@@ -76,6 +76,7 @@ class OutputConfig:
     jpeg_quality: int = 92
     webp_quality: int = 90
     overwrite: bool = True  # replace outputs already at DST
+    storage_options: dict[str, Any] = field(default_factory=dict)  # passed to fsspec for DST
 
 
 @dataclass(slots=True)
@@ -118,8 +119,13 @@ class Config:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), sort_keys=True, default=list)
+    def to_json(self, redact_secrets: bool = True) -> str:
+        """JSON of the effective config; credentials in storage options are masked."""
+        d = self.to_dict()
+        if redact_secrets:
+            for section in ("input", "output"):
+                d[section]["storage_options"] = _mask_secrets(d[section]["storage_options"])
+        return json.dumps(d, sort_keys=True, default=list)
 
     def fingerprint(self) -> str:
         """sha256 (16 hex) over the sections that affect output pixels."""
@@ -127,8 +133,22 @@ class Config:
         relevant = {k: d[k] for k in ("detect", "redact", "video", "output")}
         relevant["detect"].pop("threads", None)
         relevant["video"].pop("threads", None)
+        relevant["output"].pop("storage_options", None)
         blob = json.dumps(relevant, sort_keys=True, default=list).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
+
+
+_SECRET_WORDS = ("key", "secret", "token", "password", "credential", "sas")
+
+
+def _mask_secrets(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {
+            k: "***" if any(w in str(k).lower() for w in _SECRET_WORDS) and not isinstance(v, dict)
+            else _mask_secrets(v)
+            for k, v in value.items()
+        }
+    return value
 
 
 SECTIONS = {f.name: f.type for f in dataclasses.fields(Config)}

@@ -4,6 +4,7 @@
     ├── ConfigError                bad option, unknown registry name, unreadable config file
     ├── StorageError               cannot list/read/write a location; DST inside SRC
     ├── DetectorError              model missing or unusable
+    ├── ClusterError               cannot start or reach the Dask cluster
     └── MediaError                 one file could not be handled (becomes an audit row)
         ├── DecodeError            unreadable, truncated or unsupported input
         └── EncodeError            output could not be produced
@@ -27,6 +28,10 @@ class StorageError(SanitizerError):
 
 class DetectorError(SanitizerError):
     """The face detector cannot be loaded or run."""
+
+
+class ClusterError(SanitizerError):
+    """The Dask cluster cannot be started or reached."""
 
 
 class MediaError(SanitizerError):

@@ -68,6 +68,17 @@ def _one_line(exc: BaseException) -> str:
     return text[:500]
 
 
+def failure(item: MediaItem, ctx: Context, reason: str) -> dict[str, Any]:
+    """A `failed` row for an item whose task could not run at all; removes any stale output."""
+    now = time.time()
+    res = _result(ctx, item, status="failed", error=reason, started=now, finished=now)
+    try:
+        storage.remove(ctx.dst, item.key)
+    except StorageError as exc:
+        res.error += f"; {exc}"
+    return res.to_row()
+
+
 def process_item(item: MediaItem, ctx: Context) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Process one manifest item. Returns (files row, detection rows)."""
     started = time.time()

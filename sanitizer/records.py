@@ -122,6 +122,7 @@ class RunRecord:
     security_measures: str = ""
     host: str = ""
     scheduler: str = ""
+    status: str = "complete"  # complete | interrupted | error
 
     def to_row(self) -> dict[str, Any]:
         return asdict(self)
@@ -211,6 +212,7 @@ RUNS_SCHEMA = pa.schema(
             ("security_measures", pa.string()),
             ("host", pa.string()),
             ("scheduler", pa.string()),
+            ("status", pa.string()),
         ]
     ],
     metadata=_meta("runs"),

@@ -1,0 +1,272 @@
+"""Command-line interface: the only place that prints, shows progress and sets exit codes."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+from sanitizer import __version__
+from sanitizer.errors import SanitizerError
+
+app = typer.Typer(
+    name="sanitizer",
+    help="Detect and irreversibly redact every face in image and video datasets, with a Parquet audit log.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
+
+EXIT_OK, EXIT_FAILED_FILES, EXIT_USAGE = 0, 1, 2
+
+
+def _version(value: bool) -> None:
+    if value:
+        out.print(f"sanitizer {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")] = False,
+) -> None:
+    """sanitizer: face redaction for datasets."""
+
+
+def _fail(exc: BaseException, code: int = EXIT_USAGE) -> typer.Exit:
+    err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+    return typer.Exit(code)
+
+
+def _overrides(**opts: Any) -> dict[str, dict[str, Any]]:
+    """CLI options → config overrides ({"section": {"name": value}}), None = not given."""
+    where = {
+        "detector": ("detect", "detector"), "threshold": ("detect", "threshold"),
+        "method": ("redact", "method"), "shape": ("redact", "shape"), "margin": ("redact", "margin"),
+        "workers": ("execution", "workers"), "scheduler": ("execution", "scheduler"),
+    }
+    res: dict[str, dict[str, Any]] = {}
+    for name, value in opts.items():
+        if value is not None:
+            section, key = where[name]
+            res.setdefault(section, {})[key] = value
+    return res
+
+
+def load_config(config: Path | None, **opts: Any):
+    from sanitizer.config import load
+
+    return load(config, _overrides(**opts))
+
+
+ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML config file (see configs/default.yaml); CLI options override it.")]
+DetectorOpt = Annotated[str | None, typer.Option("--detector", help="Face detector: centerface (DNN, default) or haar (classic OpenCV cascade).")]
+MethodOpt = Annotated[str | None, typer.Option("--method", help="Redaction: gaussian (default), pixelate or solid.")]
+ShapeOpt = Annotated[str | None, typer.Option("--shape", help="Mask shape: ellipse (default) or box.")]
+ThresholdOpt = Annotated[float | None, typer.Option("--threshold", help="Detection score threshold at native scale (default 0.2, chosen for recall).")]
+MarginOpt = Annotated[float | None, typer.Option("--margin", help="Mask size as a multiple of the face box (default 1.3).")]
+WorkersOpt = Annotated[int | None, typer.Option("--workers", help="Worker processes of the embedded Dask cluster (default: one per core).")]
+SchedulerOpt = Annotated[str | None, typer.Option("--scheduler", help="Address of an existing Dask scheduler, e.g. tcp://host:8786 (default: embedded LocalCluster).")]
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("files"), TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
+        console=err, transient=False, disable=not err.is_terminal,
+    )
+
+
+def _print_plan(plan) -> None:
+    counts = plan.counts()
+    size = sum(i.size for i in plan.items)
+    out.print(f"run {plan.run_id}: {len(plan.items)} files under {plan.src.url} "
+              f"({counts['image']} images, {counts['video']} videos, {counts['other']} other; {size / 1e6:.1f} MB)")
+    out.print(f"  {len(plan.shards)} tasks on {plan.scheduler or f'an embedded Dask LocalCluster of {plan.workers} workers'}")
+    out.print(f"  outputs → {plan.dst.url}   audit → {plan.dst.uri('_audit')}")
+
+
+def run_job(src: str, dst: str, cfg, dry_run: bool = False) -> int:
+    """Plan and run a job, print progress and a summary; return the exit code."""
+    from sanitizer import job
+
+    plan = job.plan(src, dst, cfg)
+    _print_plan(plan)
+    if dry_run:
+        table = Table("key", "kind", "format", "bytes", title="manifest (dry run: nothing processed)")
+        for item in plan.items[:50]:
+            table.add_row(item.key, item.kind, item.format, str(item.size))
+        out.print(table)
+        if len(plan.items) > 50:
+            out.print(f"  … and {len(plan.items) - 50} more")
+        return EXIT_OK
+    progress = _progress()
+    task = progress.add_task("sanitizing", total=sum(len(s) for s in plan.shards))
+
+    def on_event(name: str, **data: Any) -> None:
+        if name == "cluster":
+            where = "embedded LocalCluster" if data["embedded"] else data["address"]
+            err.print(f"  dask: {data['workers']} workers ({where})", highlight=False)
+        elif name == "progress":
+            progress.update(task, completed=data["done"])
+            for r in data["results"]:
+                if r["status"] == "failed" and not err.is_terminal:
+                    err.print(f"  failed: {r['key']}: {r['error']}", highlight=False, soft_wrap=True)
+
+    with progress:
+        summary = job.run(plan, cfg, on_event)
+    for key, reason in summary.failures:
+        if err.is_terminal:
+            err.print(f"  [red]failed[/]: {key}: {reason}", highlight=False, soft_wrap=True)
+    out.print(
+        f"done in {summary.seconds:.1f}s: {summary.n_ok} ok, {summary.n_failed} failed, "
+        f"{summary.n_skipped} skipped; {summary.n_faces} faces redacted; {summary.files_per_s:.2f} files/s"
+    )
+    out.print(f"outputs: {summary.destination}")
+    out.print(f"audit:   {summary.audit_uri}  (pandas.read_parquet('{summary.audit_uri}/files'))")
+    return EXIT_FAILED_FILES if summary.n_failed else EXIT_OK
+
+
+@app.command()
+def run(
+    src: Annotated[str, typer.Argument(help="Folder or fsspec URL (s3://bucket/prefix, memory://…) of the originals. Never modified.")],
+    dst: Annotated[str, typer.Argument(help="Folder or URL for redacted outputs (same relative keys) and the audit under _audit/. Must not overlap SRC.")],
+    config: ConfigOpt = None,
+    detector: DetectorOpt = None,
+    method: MethodOpt = None,
+    shape: ShapeOpt = None,
+    threshold: ThresholdOpt = None,
+    margin: MarginOpt = None,
+    workers: WorkersOpt = None,
+    scheduler: SchedulerOpt = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Build the manifest and print the plan; process nothing.")] = False,
+) -> None:
+    """Redact every face in every image and video under SRC into DST, with a Parquet audit."""
+    try:
+        cfg = load_config(config, detector=detector, method=method, shape=shape, threshold=threshold,
+                          margin=margin, workers=workers, scheduler=scheduler)
+        code = run_job(src, dst, cfg, dry_run)
+    except SanitizerError as exc:
+        raise _fail(exc) from None
+    except KeyboardInterrupt:
+        err.print("interrupted: files finished so far are in the audit; nothing partial was published")
+        raise typer.Exit(130) from None
+    raise typer.Exit(code)
+
+
+@app.command("manifest")
+def manifest_cmd(
+    src: Annotated[str, typer.Argument(help="Folder or fsspec URL to list.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Parquet file to write.")] = Path("manifest.parquet"),
+    config: ConfigOpt = None,
+) -> None:
+    """List SRC (kind sniffed from content, size, sha256) into a Parquet manifest."""
+    import pyarrow.parquet as pq
+
+    from sanitizer import manifest, storage
+
+    try:
+        cfg = load_config(config)
+        loc = storage.location(src, cfg.input.storage_options)
+        items = manifest.build(loc, include_hidden=cfg.input.include_hidden, with_hash=True)
+        output.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(manifest.to_parquet_table(items), output)
+    except SanitizerError as exc:
+        raise _fail(exc) from None
+    except OSError as exc:
+        raise _fail(f"cannot write {output}: {exc}") from None
+    kinds: dict[str, int] = {}
+    for i in items:
+        kinds[i.kind] = kinds.get(i.kind, 0) + 1
+    out.print(f"{len(items)} files ({', '.join(f'{v} {k}' for k, v in sorted(kinds.items()))}) → {output}")
+
+
+@app.command()
+def demo(
+    folder: Annotated[Path, typer.Argument(help="Where to write the sample input and the outputs.")] = Path("sanitizer-demo"),
+    workers: WorkersOpt = None,
+    method: MethodOpt = None,
+) -> None:
+    """Write a few public-domain sample photos (and a short clip), then run the job on them."""
+    from sanitizer.sample import write_samples
+
+    try:
+        src = folder / "input"
+        written = write_samples(src)
+        out.print(f"wrote {len(written)} sample files to {src}")
+        cfg = load_config(None, workers=workers, method=method)
+        code = run_job(str(src), str(folder / "output"), cfg)
+    except SanitizerError as exc:
+        raise _fail(exc) from None
+    out.print(f"look at the redacted files in {folder / 'output'}; the originals in {src}")
+    raise typer.Exit(code)
+
+
+@app.command()
+def audit(
+    dst: Annotated[str, typer.Argument(help="A DST folder/URL written by `sanitizer run`.")],
+    run_id: Annotated[str | None, typer.Option("--run", help="Run id (default: the latest run).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the run record and counts as JSON.")] = False,
+) -> None:
+    """Summarise the audit of a DST: the run record, counts by status, failures."""
+    from sanitizer import audit as audit_mod
+    from sanitizer import storage
+
+    try:
+        loc = storage.location(dst)
+        rid = run_id or audit_mod.latest_run_id(loc)
+        if rid is None:
+            raise SanitizerError(f"{dst}: no audit found under _audit/runs")
+        runs = audit_mod.read(loc, "runs", rid)
+        files = audit_mod.read(loc, "files", rid)
+    except SanitizerError as exc:
+        raise _fail(exc) from None
+    if runs.empty:
+        raise _fail(f"run {rid} not found in {dst}")
+    rec = runs.iloc[0].to_dict()
+    by_status = files["status"].value_counts().to_dict()
+    if as_json:
+        rec = {k: (str(v) if not isinstance(v, int | float | str) else v) for k, v in rec.items()}
+        out.print_json(json.dumps({"run": rec, "files_by_status": by_status}))
+        return
+    out.print(f"run {rid}  ({rec['status']}, {rec['started']} → {rec['finished']})")
+    for k in ("source", "destination", "detector", "model_sha256", "config_fingerprint", "controller",
+              "purpose", "legal_basis", "retention"):
+        out.print(f"  {k:18s} {rec[k]}", highlight=False)
+    out.print(f"  files: {by_status}; faces: {int(files['n_faces'].sum())}")
+    failed = files[files["status"] == "failed"]
+    for _, r in failed.head(20).iterrows():
+        out.print(f"  failed: {r['key']}: {r['error']}", highlight=False, soft_wrap=True)
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except Exception as exc:  # noqa: BLE001 - never a traceback to the user; show it on request
+        if os.environ.get("SANITIZER_DEBUG"):
+            raise
+        err.print(f"[bold red]internal error:[/] {type(exc).__name__}: {' '.join(str(exc).split())[:300]} "
+                  "(set SANITIZER_DEBUG=1 to see the traceback)", highlight=False, soft_wrap=True)
+        sys.exit(3)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,196 @@
+"""Where the work runs: a Dask client (embedded LocalCluster or an existing scheduler),
+shards of manifest items, one detector per worker process, retries.
+
+This is the only module that imports dask. `process` knows nothing about it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from distributed import WorkerPlugin
+
+from sanitizer.config import Config, from_dict
+from sanitizer.errors import ClusterError
+from sanitizer.records import MediaItem
+
+ShardResult = list[tuple[dict[str, Any], list[dict[str, Any]]]]
+
+# ---------------------------------------------------------------- worker side
+_STATE: dict[str, Any] = {}
+_STATE_LOCK = threading.Lock()
+
+
+def _limit_threads(n: int = 1) -> None:
+    import cv2
+
+    cv2.setNumThreads(max(1, n))
+
+
+def _worker_context(run_id: str, cfg_dict: dict[str, Any], src_url: str, dst_url: str):
+    """Per-process cache: the detector is loaded once and reused by every shard."""
+    from sanitizer import storage
+    from sanitizer.detect import get_detector
+    from sanitizer.process import Context
+
+    cfg = from_dict(cfg_dict)
+    det_key = repr(sorted(cfg_dict["detect"].items()))
+    loc_key = repr((src_url, dst_url, sorted(cfg.input.storage_options.items()), sorted(cfg.output.storage_options.items())))
+    with _STATE_LOCK:
+        if _STATE.get("det_key") != det_key:
+            _limit_threads(cfg.detect.threads)
+            _STATE["detector"] = get_detector(cfg.detect)
+            _STATE["det_key"] = det_key
+        if _STATE.get("loc_key") != loc_key:
+            _STATE["src"] = storage.location(src_url, cfg.input.storage_options)
+            _STATE["dst"] = storage.location(dst_url, cfg.output.storage_options)
+            _STATE["loc_key"] = loc_key
+        return Context.create(run_id, cfg, _STATE["detector"], _STATE["src"], _STATE["dst"])
+
+
+def process_shard(items: list[MediaItem], run_id: str, cfg_dict: dict[str, Any], src_url: str, dst_url: str) -> ShardResult:
+    """Task function: process every item of a shard; never raises for a bad file."""
+    from sanitizer.process import process_item
+
+    ctx = _worker_context(run_id, cfg_dict, src_url, dst_url)
+    return [process_item(item, ctx) for item in items]
+
+
+class _ThreadLimits(WorkerPlugin):
+    """Dask worker plugin: pin OpenCV's thread pool in every worker process."""
+
+    name = "sanitizer-thread-limits"
+    idempotent = True
+
+    def __init__(self, threads: int = 1) -> None:
+        self.threads = threads
+
+    def setup(self, worker) -> None:
+        _limit_threads(self.threads)
+
+
+
+# ---------------------------------------------------------------- driver side
+@dataclass
+class ClusterInfo:
+    address: str
+    workers: int
+    embedded: bool
+
+
+def shard(items: list[MediaItem], workers: int, shard_bytes: int, shard_files: int) -> list[list[MediaItem]]:
+    """Group items into tasks: videos alone, images by bytes and count, at least ~4 tasks
+    per worker so that the load evens out."""
+    videos = [[i] for i in items if i.kind == "video"]
+    rest = [i for i in items if i.kind != "video"]
+    per_task = max(1, min(shard_files, math.ceil(len(rest) / max(1, 4 * workers))))
+    shards: list[list[MediaItem]] = []
+    cur: list[MediaItem] = []
+    size = 0
+    for item in rest:
+        if cur and (len(cur) >= per_task or size + item.size > shard_bytes):
+            shards.append(cur)
+            cur, size = [], 0
+        cur.append(item)
+        size += item.size
+    if cur:
+        shards.append(cur)
+    # biggest first: long videos start early and do not end up last
+    return sorted(videos, key=lambda s: -s[0].size) + shards
+
+
+@contextlib.contextmanager
+def client_for(cfg: Config) -> Iterator[tuple[Any, ClusterInfo]]:
+    """A Dask client: an existing scheduler when configured, else an embedded LocalCluster."""
+    import dask
+    from distributed import Client, LocalCluster
+
+    ex = cfg.execution
+    if ex.scheduler:
+        try:
+            client = Client(ex.scheduler, timeout="15s")
+        except (OSError, TimeoutError) as exc:
+            raise ClusterError(f"cannot reach Dask scheduler {ex.scheduler}: {exc}") from None
+        try:
+            client.register_plugin(_ThreadLimits(cfg.detect.threads))
+            n = len(client.scheduler_info().get("workers", {}))
+            if n == 0:
+                with contextlib.suppress(TimeoutError, OSError):
+                    client.wait_for_workers(1, timeout=30)
+                n = len(client.scheduler_info().get("workers", {}))
+            if n == 0:
+                raise ClusterError(f"Dask scheduler {ex.scheduler} has no workers")
+            yield client, ClusterInfo(ex.scheduler, n, False)
+        finally:
+            client.close()
+        return
+
+    n = ex.workers or os.cpu_count() or 1
+    # The nanny's MALLOC_TRIM_THRESHOLD_ made OpenCV/onnxruntime ~1.5x slower (DESIGN.md).
+    with dask.config.set({
+        "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None,
+        "distributed.worker.daemon": False,
+        "distributed.admin.tick.limit": "60s",
+    }):
+        try:
+            cluster = LocalCluster(
+                n_workers=n, threads_per_worker=ex.threads_per_worker, processes=True,
+                dashboard_address=None, silence_logs=logging.ERROR,
+                memory_limit=ex.memory_limit,
+                env={"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"},
+            )
+        except (OSError, RuntimeError, TimeoutError) as exc:
+            raise ClusterError(f"cannot start a local Dask cluster: {exc}") from None
+        try:
+            client = Client(cluster)
+            try:
+                client.register_plugin(_ThreadLimits(cfg.detect.threads))
+                yield client, ClusterInfo(cluster.scheduler_address, n, True)
+            finally:
+                client.close()
+        finally:
+            cluster.close()
+
+
+def map_shards(
+    client: Any,
+    shards: list[list[MediaItem]],
+    run_id: str,
+    cfg: Config,
+    src_url: str,
+    dst_url: str,
+    on_shard: Callable[[list[MediaItem], ShardResult | None, str], None],
+) -> None:
+    """Submit every shard and call `on_shard(items, results, error)` as each one finishes.
+    A shard whose task failed even after retries comes back with results None and a reason."""
+    from distributed import as_completed
+
+    cfg_dict = cfg.to_dict()
+    futures = {}
+    for i, s in enumerate(shards):
+        fut = client.submit(
+            process_shard, s, run_id, cfg_dict, src_url, dst_url,
+            key=f"sanitize-{run_id}-{i:06d}", retries=cfg.execution.retries, pure=False,
+        )
+        futures[fut] = s
+    try:
+        for fut in as_completed(list(futures)):
+            items = futures.pop(fut)
+            try:
+                results = fut.result()
+            except Exception as exc:  # noqa: BLE001 - a worker died or the task raised: keep going
+                reason = " ".join(str(exc).split())[:300] or type(exc).__name__
+                on_shard(items, None, f"worker task failed: {type(exc).__name__}: {reason}")
+            else:
+                on_shard(items, results, "")
+            fut.release()
+    finally:
+        for fut in futures:
+            fut.cancel()

@@ -1,0 +1,172 @@
+"""The `run` job: manifest → shards on Dask → audit parts as shards finish → run record.
+
+Library code: reports progress through an `on_event(name, **data)` callback and returns a
+summary; the CLI decides what to print and which exit code to use.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from sanitizer import __version__, audit, manifest, storage
+from sanitizer.config import Config
+from sanitizer.errors import StorageError
+from sanitizer.records import MediaItem, RunRecord
+
+Event = Callable[..., None]
+
+
+def _noop(name: str, **data: Any) -> None:
+    pass
+
+
+@dataclass
+class Plan:
+    run_id: str
+    src: storage.Location
+    dst: storage.Location
+    items: list[MediaItem]
+    shards: list[list[MediaItem]]
+    workers: int
+    scheduler: str
+
+    def counts(self) -> dict[str, int]:
+        out = {"image": 0, "video": 0, "other": 0}
+        for i in self.items:
+            out[i.kind] = out.get(i.kind, 0) + 1
+        return out
+
+
+@dataclass
+class Summary:
+    run_id: str
+    destination: str
+    audit_uri: str
+    n_files: int = 0
+    n_ok: int = 0
+    n_failed: int = 0
+    n_skipped: int = 0
+    n_faces: int = 0
+    seconds: float = 0.0
+    failures: list[tuple[str, str]] = field(default_factory=list)  # (key, reason)
+
+    @property
+    def files_per_s(self) -> float:
+        return (self.n_ok + self.n_failed) / self.seconds if self.seconds > 0 else 0.0
+
+
+def new_run_id() -> str:
+    return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
+
+
+def locations(src_url: str, dst_url: str, cfg: Config) -> tuple[storage.Location, storage.Location]:
+    src = storage.location(src_url, cfg.input.storage_options)
+    dst = storage.location(dst_url, cfg.output.storage_options)
+    if storage.is_inside(dst, src):
+        raise StorageError(f"DST {dst_url} is SRC or inside it; choose a destination outside {src_url}")
+    if storage.is_inside(src, dst):
+        raise StorageError(f"SRC {src_url} is inside DST {dst_url}; outputs could overwrite originals")
+    return src, dst
+
+
+def plan(src_url: str, dst_url: str, cfg: Config, on_event: Event = _noop) -> Plan:
+    from sanitizer.execute import shard
+
+    src, dst = locations(src_url, dst_url, cfg)
+    on_event("listing", source=src.url)
+    items = manifest.build(src, include_hidden=cfg.input.include_hidden, with_hash=False)
+    workers = cfg.execution.workers or _cpu_count()
+    shards = shard([i for i in items if i.kind != "other"], workers,
+                   cfg.execution.shard_bytes, cfg.execution.shard_files)
+    return Plan(new_run_id(), src, dst, items, shards, workers, cfg.execution.scheduler)
+
+
+def _cpu_count() -> int:
+    import os
+
+    return os.cpu_count() or 1
+
+
+def run(p: Plan, cfg: Config, on_event: Event = _noop) -> Summary:
+    """Process a plan; audit parts are written as shards finish, the run row at the end."""
+    from sanitizer.detect import get_detector
+    from sanitizer.execute import client_for, map_shards
+    from sanitizer.process import Context, failure, process_item
+
+    started = time.time()
+    detector = get_detector(cfg.detect)  # fail before any work if the model is unusable
+    storage.makedirs(p.dst)
+    summary = Summary(p.run_id, p.dst.url, audit.audit_uri(p.dst), n_files=len(p.items))
+    audit.write_part(p.dst, "manifest", p.run_id, manifest.to_parquet_table(p.items))
+
+    def record(rows: list[tuple[dict[str, Any], list[dict[str, Any]]]], part: str) -> None:
+        files = [r for r, _ in rows]
+        dets = [d for _, ds in rows for d in ds]
+        audit.write_part(p.dst, "files", part, files)
+        audit.write_part(p.dst, "detections", part, dets)
+        for r in files:
+            if r["status"] == "ok":
+                summary.n_ok += 1
+                summary.n_faces += r["n_faces"]
+            elif r["status"] == "failed":
+                summary.n_failed += 1
+                summary.failures.append((r["key"], r["error"]))
+            else:
+                summary.n_skipped += 1
+
+    # non-media files: skipped rows, written by the driver (nothing to compute)
+    ctx = Context.create(p.run_id, cfg, detector, p.src, p.dst)
+    others = [i for i in p.items if i.kind == "other"]
+    if others:
+        record([process_item(i, ctx) for i in others], f"{p.run_id}-skipped")
+    total = sum(len(s) for s in p.shards)
+    on_event("start", total=total, workers=p.workers, shards=len(p.shards), scheduler=p.scheduler)
+    done = parts = 0
+    status = "complete"
+
+    def on_shard(items: list[MediaItem], results, error: str) -> None:
+        nonlocal done
+        if results is None:  # the task itself died: fail closed for every file of the shard
+            results = [(failure(item, ctx, error), []) for item in items]
+        nonlocal parts
+        parts += 1
+        record(results, f"{p.run_id}-{parts:06d}")
+        done += len(items)
+        on_event("progress", done=done, total=total, results=[r for r, _ in results])
+
+    try:
+        if p.shards:
+            with client_for(cfg) as (client, info):
+                on_event("cluster", address=info.address, workers=info.workers, embedded=info.embedded)
+                map_shards(client, p.shards, p.run_id, cfg, p.src.url, p.dst.url, on_shard)
+    except KeyboardInterrupt:
+        status = "interrupted"
+        raise
+    finally:
+        summary.seconds = time.time() - started
+        _write_run(p, cfg, detector, summary, started, status)
+    return summary
+
+
+def _write_run(p: Plan, cfg: Config, detector, s: Summary, started: float, status: str) -> None:
+    rec = cfg.record
+    row = RunRecord(
+        run_id=p.run_id, tool_version=__version__, started=started, finished=time.time(),
+        source=p.src.url, destination=p.dst.url, config_json=cfg.to_json(),
+        config_fingerprint=cfg.fingerprint(), detector=detector.name,
+        model_sha256=detector.model_sha256, n_files=s.n_files, n_ok=s.n_ok,
+        n_failed=s.n_failed, n_skipped=s.n_skipped, n_faces=s.n_faces,
+        controller=rec.controller, dpo_contact=rec.dpo_contact, purpose=rec.purpose,
+        legal_basis=rec.legal_basis, data_categories=rec.data_categories,
+        data_subjects=rec.data_subjects, recipients=rec.recipients, retention=rec.retention,
+        transfers=rec.transfers, security_measures=rec.security_measures,
+        host=socket.gethostname(), scheduler=p.scheduler or "embedded LocalCluster",
+        status=status,
+    ).to_row()
+    audit.write_part(p.dst, "runs", p.run_id, [row])
