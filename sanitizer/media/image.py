@@ -162,7 +162,7 @@ def to_rgb8(arr: np.ndarray) -> np.ndarray:
 
 def _pil(arr: np.ndarray) -> Image.Image:
     if arr.dtype == np.uint16:
-        return Image.fromarray(arr.astype("<u2"), mode="I;16") if arr.ndim == 2 else Image.fromarray((arr >> 8).astype(np.uint8))
+        return Image.fromarray(arr.astype("<u2")) if arr.ndim == 2 else Image.fromarray((arr >> 8).astype(np.uint8))
     return Image.fromarray(arr)
 
 

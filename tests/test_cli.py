@@ -1,0 +1,130 @@
+"""The real entry point on generated media: outputs, audit, fail-closed, errors."""
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from tests.conftest import run_cli
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    from tests.conftest import astronaut, jpeg_bytes
+
+    root = tmp_path_factory.mktemp("run")
+    src = root / "src"
+    (src / "nested" / "deeper").mkdir(parents=True)
+    face = astronaut()
+    ex = Image.Exif()
+    ex[0x8825] = {1: "N", 2: (52.0, 31.0, 12.0)}
+    ex[0x0110] = "Phone 1"
+    (src / "astronaut.jpg").write_bytes(jpeg_bytes(face, exif=ex))
+    Image.fromarray(face).save(src / "nested" / "astronaut.png")
+    from skimage import data
+
+    Image.fromarray(data.chelsea()).save(src / "nested" / "deeper" / "cat.jpg", quality=90)
+    (src / "notes.txt").write_text("not media\n")
+    good = jpeg_bytes(face)
+    (src / "broken.jpg").write_bytes(good[: len(good) // 2])
+    before = {p: p.read_bytes() for p in src.rglob("*") if p.is_file()}
+    dst = root / "dst"
+    proc = run_cli("run", str(src), str(dst), "--method", "solid", "--workers", "2")
+    return src, dst, proc, before
+
+
+def test_exit_code_and_summary(finished_run):
+    src, dst, proc, _ = finished_run
+    assert proc.returncode == 1, proc.stderr  # broken.jpg failed
+    assert "3 ok, 1 failed, 1 skipped" in proc.stdout
+    assert str(dst / "_audit") in proc.stdout
+    assert "broken.jpg" in proc.stderr and "Traceback" not in proc.stderr + proc.stdout
+
+
+def test_outputs_same_keys_no_exif(finished_run):
+    src, dst, _, _ = finished_run
+    outputs = sorted(str(p.relative_to(dst)) for p in dst.rglob("*") if p.is_file() and "_audit" not in p.parts)
+    assert outputs == ["astronaut.jpg", "nested/astronaut.png", "nested/deeper/cat.jpg"]
+    im = Image.open(dst / "astronaut.jpg")
+    assert not im.getexif() and "exif" not in im.info
+
+
+def test_faces_covered_originals_untouched(finished_run):
+    src, dst, _, before = finished_run
+    assert {p: p.read_bytes() for p in src.rglob("*") if p.is_file()} == before
+    out = np.asarray(Image.open(dst / "nested" / "astronaut.png").convert("RGB"))
+    # Eileen Collins' face in skimage's astronaut is around x 170-270, y 40-180
+    assert (out[90:140, 190:250].max(axis=2) <= 24).mean() > 0.95
+    cat_in = np.asarray(Image.open(src / "nested" / "deeper" / "cat.jpg")).astype(int)
+    cat_out = np.asarray(Image.open(dst / "nested" / "deeper" / "cat.jpg")).astype(int)
+    assert (np.abs(cat_in - cat_out).max(axis=2) > 40).mean() < 0.005, "face-free photo left almost untouched"
+
+
+def test_audit_tables(finished_run):
+    src, dst, _, _ = finished_run
+    files = pd.read_parquet(dst / "_audit" / "files")
+    dets = pd.read_parquet(dst / "_audit" / "detections")
+    runs = pd.read_parquet(dst / "_audit" / "runs")
+    assert sorted(files.key) == ["astronaut.jpg", "broken.jpg", "nested/astronaut.png", "nested/deeper/cat.jpg", "notes.txt"]
+    st = dict(zip(files.key, files.status, strict=True))
+    assert st == {"astronaut.jpg": "ok", "broken.jpg": "failed", "nested/astronaut.png": "ok",
+                  "nested/deeper/cat.jpg": "ok", "notes.txt": "skipped"}
+    broken = files[files.key == "broken.jpg"].iloc[0]
+    assert "JPEG" in broken.error and broken.output_uri == ""
+    assert len(dets) == files.n_faces.sum() >= 2
+    ok = files[files.status == "ok"]
+    assert (ok.output_sha256.str.len() == 64).all() and (ok.source_sha256.str.len() == 64).all()
+    assert (ok.model_sha256.str.len() == 64).all() and (ok.detector == "centerface").all()
+    assert len(runs) == 1 and runs.n_failed.item() == 1 and runs.n_ok.item() == 3
+    assert runs.status.item() == "complete" and "redact" in runs.config_json.item()
+    assert "52.0" not in files.to_string() + dets.to_string(), "no EXIF values in the audit"
+
+
+def test_dst_inside_src_refused(photo_dir):
+    proc = run_cli("run", str(photo_dir), str(photo_dir / "out"))
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0 and "inside" in proc.stderr
+    assert not (photo_dir / "out").exists()
+
+
+def test_missing_src_and_bad_option(tmp_path):
+    proc = run_cli("run", str(tmp_path / "nope"), str(tmp_path / "o"))
+    assert proc.returncode == 2 and "no such file or folder" in proc.stderr and "Traceback" not in proc.stderr
+    proc = run_cli("run", str(tmp_path), str(tmp_path / "o"), "--method", "blur")
+    assert proc.returncode == 2 and "unknown redaction method" in proc.stderr
+
+
+def test_dry_run_and_manifest(photo_dir, tmp_path):
+    proc = run_cli("run", str(photo_dir), str(tmp_path / "o"), "--dry-run")
+    assert proc.returncode == 0 and "dry run" in proc.stdout
+    assert not (tmp_path / "o").exists()
+    proc = run_cli("manifest", str(photo_dir), "-o", str(tmp_path / "m.parquet"))
+    assert proc.returncode == 0, proc.stderr
+    m = pd.read_parquet(tmp_path / "m.parquet")
+    assert len(m) == 5 and set(m.kind) == {"image", "other"} and (m.sha256.str.len() == 64).all()
+
+
+def test_version_and_help():
+    proc = run_cli("--version")
+    assert proc.returncode == 0 and proc.stdout.startswith("sanitizer ")
+    proc = run_cli("run", "--help")
+    for opt in ("--config", "--detector", "--method", "--shape", "--threshold", "--workers", "--scheduler", "--dry-run"):
+        assert opt in proc.stdout
+
+
+def test_haar_end_to_end(photo_dir, tmp_path):
+    dst = tmp_path / "haar"
+    proc = run_cli("run", str(photo_dir), str(dst), "--detector", "haar", "--workers", "1")
+    assert proc.returncode == 1, proc.stderr
+    files = pd.read_parquet(dst / "_audit" / "files")
+    assert set(files[files.status == "ok"].detector) == {"haar"}
+    assert files[files.key == "astronaut.jpg"].n_faces.item() >= 1
+
+
+def test_demo(tmp_path):
+    proc = run_cli("demo", str(tmp_path / "demo"))
+    assert proc.returncode == 0, proc.stderr
+    assert "audit:" in proc.stdout and (tmp_path / "demo" / "output" / "_audit" / "runs").is_dir()
+    assert Path(tmp_path / "demo" / "output" / "photos" / "astronaut.jpg").is_file()

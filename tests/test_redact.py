@@ -1,0 +1,71 @@
+import numpy as np
+import pytest
+
+from sanitizer.redact import METHODS, RedactParams, expand_boxes, mask_for, redact
+
+RNG = np.random.default_rng(1234)
+BOX = np.array([[60.0, 40.0, 140.0, 150.0]])
+
+
+def noisy(h=200, w=240, c=3, dtype=np.uint8):
+    hi = 255 if dtype == np.uint8 else 65535
+    shape = (h, w) if c == 1 else (h, w, c)
+    return RNG.integers(0, hi, shape, dtype=dtype)
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+@pytest.mark.parametrize("shape", ["ellipse", "box"])
+def test_only_mask_changes_and_input_untouched(method, shape):
+    img = noisy()
+    before = img.copy()
+    out = redact(img, BOX, RedactParams(method=method, shape=shape))
+    assert np.array_equal(img, before), "redact must not mutate its input"
+    mask = mask_for(BOX, *img.shape[:2], shape=shape, margin=1.3)
+    assert np.array_equal(out[~mask], img[~mask]), "no pixel outside the mask may change"
+    inside = out[mask].astype(float)
+    assert inside.std() < 0.35 * img[mask].astype(float).std(), "face detail must be destroyed"
+
+
+@pytest.mark.parametrize(
+    "channels, dtype",
+    [(1, np.uint8), (2, np.uint8), (3, np.uint8), (4, np.uint8), (1, np.uint16)],
+)
+def test_modes_and_alpha_kept(channels, dtype):
+    img = noisy(c=channels, dtype=dtype)
+    out = redact(img, BOX, RedactParams(method="gaussian"))
+    assert out.dtype == img.dtype and out.shape == img.shape
+    if channels in (2, 4):
+        assert np.array_equal(out[..., -1], img[..., -1]), "alpha must be kept"
+    mask = mask_for(BOX, *img.shape[:2])
+    color = out[..., : channels - 1] if channels in (2, 4) else out
+    assert (color[mask] != (img[..., : channels - 1] if channels in (2, 4) else img)[mask]).mean() > 0.9
+
+
+def test_pixelate_at_most_blocks_across_face():
+    img = noisy(400, 400)
+    box = np.array([[100.0, 100.0, 300.0, 300.0]])  # 200 px face
+    out = redact(img, box, RedactParams(method="pixelate", shape="box", margin=1.0, blocks=8))
+    row = out[200, 100:300, 0]
+    distinct_runs = 1 + int(np.count_nonzero(np.diff(row.astype(int))))
+    assert distinct_runs <= 9  # 8 blocks, +1 for a partial block at an edge
+
+
+def test_solid_fills_colour():
+    img = noisy()
+    out = redact(img, BOX, RedactParams(method="solid", color=(10, 20, 30)))
+    mask = mask_for(BOX, *img.shape[:2])
+    assert (out[mask] == [10, 20, 30]).all()
+
+
+def test_boxes_clipped_at_border_and_empty_ok():
+    img = noisy(100, 100)
+    out = redact(img, np.array([[-50.0, -50.0, 30.0, 30.0]]), RedactParams())
+    assert out.shape == img.shape
+    assert np.array_equal(redact(img, np.zeros((0, 4)), RedactParams()), img)
+    e = expand_boxes(np.array([[90.0, 90.0, 120.0, 120.0]]), 1.3, 100, 100)
+    assert e[0, 2] == 100 and e[0, 3] == 100
+
+
+def test_unknown_method_is_clear():
+    with pytest.raises(ValueError, match="unknown redaction method 'blur'.*gaussian"):
+        redact(noisy(), BOX, RedactParams(method="blur"))
