@@ -1,13 +1,42 @@
-"""Video: PyAV decode → detect → track → redact → H.264 encode, audio copied. (stub)"""
+"""Video: PyAV decode → detect → track → redact → encode, audio copied, in three threads.
+
+    decode thread   demux + threaded decode; a small upright RGB copy of every scanned frame
+    calling thread  detection (onnxruntime releases the GIL) + temporal coverage (tracking.py)
+    encode thread   redaction in the frame's own YUV planes, H.264/VP9 encode, mux (+ audio)
+
+Frames never go through a full-size RGB round trip: detection sees a downscaled upright RGB
+image, redaction works on the decoded yuv420p planes (so colours, range and colorspace stay
+exactly as decoded), and frames without faces reach the encoder untouched. Queues are
+bounded, so memory does not grow with duration.
+
+Output: same container, H.264 yuv420p (VP9 for WebM); every frame keeps its timestamp in the
+input's time base, so frame count, rate and duration match; the display rotation is written
+back as a display matrix; the first audio stream is copied packet for packet (re-encoded
+only if the container cannot hold its codec); subtitles, data, attachments, chapters and
+every container/stream metadata tag are dropped.
+
+Fail closed: any error raises DecodeError/EncodeError and the caller publishes nothing.
+Packets the decoder rejects are counted in `dropped_packets` (together with frames the
+container declared but that could not be read, e.g. a truncated file); every frame that was
+decoded is scanned and redacted, and a file with no decodable frame fails.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import queue
+import threading
 from dataclasses import dataclass, field
+from fractions import Fraction
 
+import av
 import numpy as np
 
-from sanitizer.errors import MediaError
+from sanitizer.errors import DecodeError, EncodeError, MediaError
+from sanitizer.media.tracking import FrameBoxes, TemporalCoverage
 from sanitizer.records import Detections
+from sanitizer.redact import RedactParams, redact_inplace
 
 
 @dataclass(slots=True)
@@ -21,5 +50,449 @@ class VideoOutcome:
     dropped_packets: int = 0
 
 
-def sanitize(src_path: str, out_path: str, detector, params, vcfg, container: str = "") -> VideoOutcome:
-    raise MediaError("video support is not built yet")
+# sniffed container -> FFmpeg muxer name
+MUXERS = {"mp4": "mp4", "mov": "mov", "mkv": "matroska", "webm": "webm", "avi": "avi"}
+EXTENSIONS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "mkv", ".webm": "webm", ".avi": "avi"}
+# audio encoder used when the container cannot hold the input's audio codec
+FALLBACK_AUDIO = {"webm": "libopus"}
+
+_QUEUE = 6  # frames in flight between stages (each way)
+_END = object()
+
+
+class _Abort(Exception):
+    """Another stage failed; unwind quietly (its exception is the one reported)."""
+
+
+# -- geometry -----------------------------------------------------------------------------
+def rotation_turns(rotation: float) -> int:
+    """Counter-clockwise quarter turns that make a frame upright, from `frame.rotation`."""
+    return int(round(float(rotation) / 90.0)) % 4
+
+
+def upright_to_stored(boxes: np.ndarray, turns: int, width: int, height: int) -> np.ndarray:
+    """Map x1,y1,x2,y2 boxes from the upright frame (np.rot90(stored, turns)) back to the
+    stored frame of `width` x `height`."""
+    b = np.asarray(boxes, np.float32).reshape(-1, 4)
+    x1, y1, x2, y2 = b[:, 0], b[:, 1], b[:, 2], b[:, 3]
+    if turns == 0:
+        out = b.copy()
+    elif turns == 1:
+        out = np.stack([width - y2, x1, width - y1, x2], 1)
+    elif turns == 2:
+        out = np.stack([width - x2, height - y2, width - x1, height - y1], 1)
+    else:
+        out = np.stack([y1, height - x2, y2, height - x1], 1)
+    return out.astype(np.float32)
+
+
+def detect_size(width: int, height: int, max_side: int) -> tuple[int, int]:
+    """Size of the (stored-orientation) image given to the detector: long side <= max_side."""
+    scale = min(1.0, max_side / max(width, height)) if max_side > 0 else 1.0
+    return max(2, int(round(width * scale))), max(2, int(round(height * scale)))
+
+
+# -- detection ----------------------------------------------------------------------------
+class FrameDetector:
+    """Detection on one downscaled upright frame.
+
+    CenterFace (anything with `infer`) gets a single raw pass at the given size with the
+    detector's own threshold, then its size filter and NMS; tracking supplies the temporal
+    second opinion that the multi-scale image path gets from extra passes. Any other
+    detector's `detect` is used as is."""
+
+    def __init__(self, detector) -> None:
+        self.detector = detector
+        self._raw = hasattr(detector, "infer") and hasattr(detector, "_finish")
+
+    def __call__(self, small: np.ndarray, scale_x: float, scale_y: float) -> Detections:
+        if self._raw:
+            dets = self.detector.infer(small, self.detector.threshold)
+        else:
+            dets = self.detector.detect(small)
+        if not len(dets):
+            return Detections.empty()
+        dets = Detections(dets.boxes * np.array([scale_x, scale_y, scale_x, scale_y], np.float32), dets.scores)
+        return self.detector._finish(dets) if self._raw else dets
+
+
+# -- redaction in YUV ---------------------------------------------------------------------
+def _plane(frame: av.VideoFrame, i: int, w: int, h: int) -> np.ndarray:
+    p = frame.planes[i]
+    return np.frombuffer(p, np.uint8).reshape(-1, p.line_size)[:h, :w]
+
+
+def _yuv_params(params: RedactParams, full_range: bool = False) -> tuple[RedactParams, RedactParams, RedactParams]:
+    """Per-plane parameters: a solid colour becomes its BT.601 Y, U, V values."""
+    if params.method != "solid":
+        return params, params, params
+    r, g, b = (float(c) for c in params.color)
+    if full_range:
+        y = 0.299 * r + 0.587 * g + 0.114 * b
+        u = 128 - 0.168736 * r - 0.331264 * g + 0.5 * b
+        v = 128 + 0.5 * r - 0.418688 * g - 0.081312 * b
+    else:
+        y = 16 + 0.257 * r + 0.504 * g + 0.098 * b
+        u = 128 - 0.148 * r - 0.291 * g + 0.439 * b
+        v = 128 + 0.439 * r - 0.368 * g - 0.071 * b
+    mk = lambda c: RedactParams(params.method, params.shape, params.margin, params.blocks,  # noqa: E731
+                                params.blur_strength, (int(round(c)),) * 3)
+    return mk(y), mk(u), mk(v)
+
+
+def redact_yuv420p(frame: av.VideoFrame, boxes: np.ndarray, params: RedactParams) -> None:
+    """Redact `boxes` (stored-frame pixels) in a yuv420p frame's planes, in place.
+    The frame is made writable first, so a decoder's reference buffer is never touched."""
+    if not len(boxes):
+        return
+    frame.make_writable()
+    w, h = frame.width, frame.height
+    py, pu, pv = _yuv_params(params, full_range=frame.color_range == 2)
+    redact_inplace(_plane(frame, 0, w, h), boxes, py)
+    cw, ch = (w + 1) // 2, (h + 1) // 2
+    half = np.asarray(boxes, np.float32) / 2
+    redact_inplace(_plane(frame, 1, cw, ch), half, pu)
+    redact_inplace(_plane(frame, 2, cw, ch), half, pv)
+
+
+# -- the pipeline -------------------------------------------------------------------------
+@dataclass(slots=True)
+class _Frame:
+    index: int
+    frame: av.VideoFrame  # yuv420p, stored orientation
+    pts: int
+    small: np.ndarray | None  # upright RGB for detection, None when this frame is not scanned
+
+
+class _Stage(threading.Thread):
+    def __init__(self, name: str, target, stop: threading.Event) -> None:
+        super().__init__(name=name, daemon=True)
+        self._target_fn = target
+        self.stop = stop
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            self._target_fn()
+        except _Abort:
+            pass
+        except BaseException as exc:  # noqa: BLE001 - handed to the calling thread
+            self.error = exc
+            self.stop.set()
+
+
+def _put(q: queue.Queue, item, stop: threading.Event) -> None:
+    while True:
+        if stop.is_set():
+            raise _Abort
+        try:
+            q.put(item, timeout=0.1)
+            return
+        except queue.Full:
+            continue
+
+
+def _get(q: queue.Queue, stop: threading.Event):
+    while True:
+        if stop.is_set():
+            raise _Abort
+        try:
+            return q.get(timeout=0.1)
+        except queue.Empty:
+            continue
+
+
+def _muxer(container: str, out_path: str) -> tuple[str, str]:
+    kind = container if container in MUXERS else EXTENSIONS.get(os.path.splitext(out_path)[1].lower(), "")
+    if kind not in MUXERS:
+        raise EncodeError(f"unsupported video container {container or os.path.splitext(out_path)[1]!r}")
+    return kind, MUXERS[kind]
+
+
+def _video_options(kind: str, vcfg) -> tuple[str, dict[str, str]]:
+    if kind == "webm":
+        return "libvpx-vp9", {
+            "crf": str(getattr(vcfg, "vp9_crf", 32)), "b": "0", "deadline": "realtime",
+            "cpu-used": str(getattr(vcfg, "vp9_speed", 8)), "row-mt": "1",
+        }
+    return vcfg.codec, {"crf": str(vcfg.crf), "preset": vcfg.preset}
+
+
+def sanitize(src_path: str, out_path: str, detector, params: RedactParams, vcfg, container: str = "") -> VideoOutcome:
+    """Redact every face in every frame of the video at `src_path` into `out_path`."""
+    kind, muxer = _muxer(container, out_path)
+    try:
+        inp = av.open(src_path, "r")
+    except (av.error.FFmpegError, OSError, ValueError) as exc:
+        raise DecodeError(f"cannot open video: {_reason(exc)}") from None
+    try:
+        return _run(inp, out_path, kind, muxer, FrameDetector(detector), params, vcfg)
+    except BaseException:
+        _remove(out_path)  # never leave a partial output behind
+        raise
+    finally:
+        inp.close()
+
+
+def _remove(path: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(path)
+
+
+def _reason(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:300] or type(exc).__name__
+
+
+def _run(inp, out_path: str, kind: str, muxer: str, fdet: FrameDetector, params: RedactParams, vcfg) -> VideoOutcome:
+    if not inp.streams.video:
+        raise DecodeError("no video stream")
+    vin = inp.streams.video[0]
+    ain = inp.streams.audio[0] if inp.streams.audio else None
+    vin.thread_type = "AUTO"
+    if vcfg.threads:
+        vin.thread_count = vcfg.threads
+    tb = vin.time_base
+    rate = vin.average_rate or vin.guessed_rate or vin.base_rate or Fraction(25)
+    every = max(1, int(vcfg.detect_every))
+    declared = int(vin.frames or 0)
+
+    stop = threading.Event()
+    q_dec: queue.Queue = queue.Queue(_QUEUE)
+    q_enc: queue.Queue = queue.Queue(_QUEUE)
+    stats = {"dropped": 0, "frames": 0, "turns": 0, "first_pts": None, "last_pts": None,
+             "last_dur": 0, "audio_kept": False}
+
+    # ---- stage 1: demux + decode ------------------------------------------------------
+    def decode() -> None:
+        index = 0
+        last_pts = None
+        size = None
+        streams = [vin] + ([ain] if ain is not None else [])
+        demux = inp.demux(streams)
+        while True:
+            try:
+                packet = next(demux)
+            except StopIteration:
+                break
+            except av.error.EOFError:
+                break
+            except av.error.FFmpegError:
+                stats["dropped"] += 1  # unreadable data: the demuxer cannot go on
+                break
+            if packet.stream is not vin:
+                if packet.dts is not None and packet.size:
+                    _put(q_dec, ("a", packet), stop)
+                continue
+            if not packet.size:  # demuxer's flush packet; the decoder is flushed below
+                continue
+            try:
+                frames = vin.decode(packet)
+            except av.error.FFmpegError:
+                stats["dropped"] += 1
+                continue
+            for fr in frames:
+                index, last_pts, size = _emit(fr, index, last_pts, size)
+        try:
+            for fr in vin.decode(None):
+                index, last_pts, size = _emit(fr, index, last_pts, size)
+        except av.error.FFmpegError:
+            stats["dropped"] += 1
+        stats["frames"] = index
+        _put(q_dec, _END, stop)
+
+    def _emit(fr: av.VideoFrame, index: int, last_pts, size):
+        if size is None:
+            size = (fr.width, fr.height)
+            stats["turns"] = rotation_turns(fr.rotation)
+        if (fr.width, fr.height) != size:
+            raise DecodeError(f"frame size changes mid-stream ({size[0]}x{size[1]} -> {fr.width}x{fr.height})")
+        pts = fr.pts
+        if pts is None:
+            pts = 0 if last_pts is None else last_pts + max(1, stats["last_dur"] or 1)
+        if last_pts is not None and pts <= last_pts:
+            pts = last_pts + 1  # the encoder needs strictly increasing timestamps
+        if stats["first_pts"] is None:
+            stats["first_pts"] = pts
+        if last_pts is not None:
+            stats["last_dur"] = pts - last_pts
+        if fr.duration:
+            stats["last_dur"] = fr.duration
+        stats["last_pts"] = pts
+        small = None
+        if index % every == 0:
+            sw, sh = detect_size(fr.width, fr.height, vcfg.detect_max_side)
+            small = fr.reformat(width=sw, height=sh, format="rgb24", interpolation="AREA").to_ndarray()
+            if stats["turns"]:
+                small = np.ascontiguousarray(np.rot90(small, stats["turns"]))
+        if fr.format.name != "yuv420p":
+            fr = fr.reformat(format="yuv420p")
+        _put(q_dec, _Frame(index, fr, pts, small), stop)
+        return index + 1, pts, size
+
+    # ---- stage 3: redact + encode + mux ----------------------------------------------------
+    out_state: dict = {"out": None, "vout": None, "aout": None, "aenc": None, "pending_audio": []}
+
+    def open_output(first: av.VideoFrame) -> None:
+        codec, options = _video_options(kind, vcfg)
+        try:
+            out = av.open(out_path, "w", format=muxer, options={"fflags": "+bitexact"})
+        except (av.error.FFmpegError, OSError) as exc:
+            raise EncodeError(f"cannot create output: {_reason(exc)}") from None
+        out_state["out"] = out
+        vout = out.add_stream(codec, rate=rate, options=options)
+        vout.width, vout.height, vout.pix_fmt = first.width, first.height, "yuv420p"
+        vout.codec_context.time_base = tb
+        vout.time_base = tb
+        if vcfg.threads:
+            vout.thread_count = vcfg.threads
+        if stats["turns"]:
+            vout.set_display_rotation(stats["turns"] * 90)
+        vout.codec_context.color_range = first.color_range
+        vout.codec_context.colorspace = first.colorspace
+        vout.codec_context.color_primaries = first.color_primaries
+        vout.codec_context.color_trc = first.color_trc
+        out_state["vout"] = vout
+        if ain is not None:
+            name = ain.codec_context.name
+            if name in out.supported_codecs:
+                out_state["aout"] = out.add_stream_from_template(ain)
+            else:
+                enc = FALLBACK_AUDIO.get(kind, "aac")
+                aout = out.add_stream(enc, rate=ain.codec_context.sample_rate or 48000)
+                out_state["aout"], out_state["aenc"] = aout, True
+            stats["audio_kept"] = True
+        for p in out_state["pending_audio"]:
+            mux_audio(p)
+        out_state["pending_audio"].clear()
+
+    def mux_audio(packet) -> None:
+        out, aout = out_state["out"], out_state["aout"]
+        if out_state["aenc"]:
+            try:
+                frames = ain.decode(packet)
+            except av.error.FFmpegError:
+                return  # an undecodable audio packet is dropped (audio carries no faces)
+            for af in frames:
+                af.pts = None
+                out.mux(aout.encode(af))
+        else:
+            packet.stream = aout
+            out.mux(packet)
+
+    def encode() -> None:
+        first = True
+        while True:
+            item = _get(q_enc, stop)
+            if item is _END:
+                break
+            if item[0] == "a":  # ("a", packet)
+                if out_state["out"] is None:
+                    out_state["pending_audio"].append(item[1])
+                else:
+                    mux_audio(item[1])
+                continue
+            _, fr, boxes, pts = item
+            if first:
+                open_output(fr)
+                first = False
+            if len(boxes):
+                redact_yuv420p(fr, boxes, params)
+            fr.pts, fr.time_base = pts, tb
+            fr.pict_type = av.video.frame.PictureType.NONE
+            out_state["out"].mux(out_state["vout"].encode(fr))
+        if out_state["out"] is None:
+            return
+        out, vout = out_state["out"], out_state["vout"]
+        out.mux(vout.encode(None))
+        if out_state["aenc"]:
+            out.mux(out_state["aout"].encode(None))
+        out.close()
+        out_state["out"] = None
+
+    dec = _Stage("sanitizer-decode", decode, stop)
+    enc = _Stage("sanitizer-encode", _wrap_encode(encode), stop)
+    dec.start()
+    enc.start()
+    outcome = VideoOutcome()
+    try:
+        _detect_loop(q_dec, q_enc, stop, fdet, vcfg, stats, tb, outcome)
+    except _Abort:
+        pass
+    except BaseException:
+        stop.set()
+        raise
+    finally:
+        if stop.is_set():
+            dec.join()
+            enc.join()
+            if out_state["out"] is not None:
+                with contextlib.suppress(av.error.FFmpegError):
+                    out_state["out"].close()
+    dec.join()
+    enc.join()
+    for stage, wrap in ((dec, DecodeError), (enc, EncodeError)):
+        if stage.error is not None:
+            exc = stage.error
+            if isinstance(exc, MediaError):
+                raise exc
+            if isinstance(exc, av.error.FFmpegError):
+                raise wrap(_reason(exc)) from None
+            raise exc
+    if stats["frames"] == 0:
+        raise DecodeError("no decodable video frame")
+    outcome.frames = stats["frames"]
+    outcome.audio_kept = stats["audio_kept"]
+    dur = (stats["last_pts"] - stats["first_pts"] + (stats["last_dur"] or 0)) * tb
+    outcome.duration_ms = float(dur * 1000)
+    outcome.fps = float(rate) if rate else (outcome.frames / float(dur) if dur else 0.0)
+    outcome.dropped_packets = stats["dropped"] + max(0, declared - stats["frames"])
+    return outcome
+
+
+def _wrap_encode(fn):
+    def run() -> None:
+        try:
+            fn()
+        except av.error.FFmpegError as exc:
+            raise EncodeError(f"encoding failed: {_reason(exc)}") from None
+    return run
+
+
+def _detect_loop(q_dec, q_enc, stop, fdet: FrameDetector, vcfg, stats, tb, outcome: VideoOutcome) -> None:
+    every = max(1, int(vcfg.detect_every))
+    cov = TemporalCoverage(keep=max(vcfg.track_keep, every), lead=max(vcfg.track_lead, every),
+                           iou_threshold=vcfg.track_iou)
+    held: dict[int, _Frame] = {}
+
+    def release(done: list[FrameBoxes]) -> None:
+        for fb in done:
+            f = held.pop(fb.frame)
+            stored = f.frame
+            boxes = np.zeros((0, 4), np.float32)
+            if len(fb):
+                boxes = upright_to_stored(fb.boxes, stats["turns"], stored.width, stored.height)
+                t_ms = float((f.pts - stats["first_pts"]) * tb * 1000)
+                outcome.detections.append((fb.frame, t_ms, fb.detections(), fb.track_ids, fb.detected))
+            _put(q_enc, ("v", stored, boxes, f.pts), stop)
+
+    while True:
+        item = _get(q_dec, stop)
+        if item is _END:
+            break
+        if isinstance(item, tuple):  # audio packet: straight through
+            _put(q_enc, item, stop)
+            continue
+        held[item.index] = item
+        dets = None
+        if item.small is not None:
+            small = item.small
+            st = item.frame
+            up_w, up_h = (st.height, st.width) if stats["turns"] % 2 else (st.width, st.height)
+            dets = fdet(small, up_w / small.shape[1], up_h / small.shape[0])
+            item.small = None
+        release(cov.push(item.index, dets))
+    release(cov.flush())
+    _put(q_enc, _END, stop)
+
+
+__all__ = ["VideoOutcome", "sanitize", "redact_yuv420p", "upright_to_stored", "rotation_turns"]

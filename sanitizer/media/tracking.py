@@ -1,0 +1,213 @@
+"""Temporal coverage: keep a face covered in the frames where the detector misses it.
+
+Detections (upright-frame pixels) are associated into tracks across frames, greedily by
+IoU with a centre-distance fallback for small, fast faces. A frame is *finalised* only
+once the detections of the next `lead` frames are known (a small look-ahead buffer), so
+for every track each frame gets one of:
+
+- the detected box (``detected=True``);
+- a box linearly interpolated between the detections on either side of a gap;
+- a box carried forward from the last detection for up to `keep` frames;
+- a box carried backward from the first detection for up to `lead` frames;
+
+carried boxes (``detected=False``) are extrapolated with the track's velocity and grown a
+little per frame of distance from a real detection, because a face keeps moving while the
+detector is blind. Memory is bounded: old detections are pruned as frames are finalised.
+
+    cov = TemporalCoverage(keep=8, lead=4)
+    for t, dets in frames:                       # dets: Detections, or None if not scanned
+        for frame in cov.push(t, dets): ...      # finalised frames, in order
+    for frame in cov.flush(): ...
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from sanitizer.detect import iou_matrix
+from sanitizer.records import Detections
+
+
+def grow(box: np.ndarray, factor: float) -> np.ndarray:
+    """Enlarge an x1,y1,x2,y2 box about its centre."""
+    cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+    hw, hh = (box[2] - box[0]) * factor / 2, (box[3] - box[1]) * factor / 2
+    return np.array([cx - hw, cy - hh, cx + hw, cy + hh], np.float64)
+
+
+@dataclass(slots=True)
+class Track:
+    id: int
+    frames: list[int] = field(default_factory=list)  # frames with a detection, increasing
+    boxes: list[np.ndarray] = field(default_factory=list)
+    scores: list[float] = field(default_factory=list)
+
+    def add(self, t: int, box: np.ndarray, score: float) -> None:
+        self.frames.append(t)
+        self.boxes.append(np.asarray(box, np.float64))
+        self.scores.append(float(score))
+
+    def velocity(self, i: int, forward: bool) -> np.ndarray:
+        """Per-frame box velocity (in time order) at detection `i`, estimated from the
+        detection before it (forward) or after it (backward), clamped to a quarter of the
+        box side per frame so one jittery detection cannot throw a carried box away."""
+        j = i - 1 if forward else i + 1
+        if not 0 <= j < len(self.frames):
+            return np.zeros(4)
+        dt = self.frames[i] - self.frames[j]
+        v = (self.boxes[i] - self.boxes[j]) / dt
+        b = self.boxes[i]
+        lim = 0.25 * max(1.0, b[2] - b[0], b[3] - b[1])
+        return np.clip(v, -lim, lim)
+
+    def predict(self, t: int) -> np.ndarray:
+        """Where the track's box is expected at frame t >= its last detection."""
+        i = len(self.frames) - 1
+        return self.boxes[i] + self.velocity(i, True) * (t - self.frames[i])
+
+
+@dataclass(slots=True)
+class FrameBoxes:
+    """The boxes to redact in one frame (upright pixels) and where each one came from."""
+
+    frame: int
+    boxes: np.ndarray  # (n, 4) float32
+    scores: np.ndarray  # (n,) float32: detection score, or the nearest detection's for carried boxes
+    track_ids: np.ndarray  # (n,) int64
+    detected: np.ndarray  # (n,) bool: False when the box was carried or interpolated
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+    def detections(self) -> Detections:
+        return Detections(self.boxes, self.scores)
+
+
+class TemporalCoverage:
+    """Streaming tracker with a `lead`-frame look-ahead; see the module docstring.
+
+    keep: frames a track stays covered after its last detection.
+    lead: frames a track is covered before its first detection (also the look-ahead depth,
+          so a gap between two detections up to keep + lead frames long is interpolated).
+    iou_threshold: minimum IoU between a track's predicted box and a detection to associate.
+    growth: relative box growth per frame of distance from a detection (carried boxes),
+            capped at `max_growth`.
+    """
+
+    def __init__(self, keep: int = 8, lead: int = 4, iou_threshold: float = 0.2,
+                 growth: float = 0.03, max_growth: float = 1.3) -> None:
+        if keep < 0 or lead < 0:
+            raise ValueError("keep and lead must be >= 0")
+        self.keep, self.lead = int(keep), int(lead)
+        self.iou_threshold = float(iou_threshold)
+        self.growth, self.max_growth = float(growth), float(max_growth)
+        self._tracks: list[Track] = []
+        self._next_id = 0
+        self._pending: deque[int] = deque()  # pushed frames not yet finalised
+        self._last_pushed = -1
+
+    # -- association ----------------------------------------------------------------------
+    def _associate(self, t: int, dets: Detections) -> None:
+        live = [tr for tr in self._tracks if t - tr.frames[-1] <= self.keep + self.lead and tr.frames[-1] < t]
+        boxes = dets.boxes.astype(np.float64)
+        unmatched = set(range(len(dets)))
+        if live and len(dets):
+            pred = np.stack([tr.predict(t) for tr in live])
+            m = iou_matrix(pred, boxes)
+            # centre-distance fallback: a small face that moved more than its size still matches
+            pc = (pred[:, None, :2] + pred[:, None, 2:]) / 2
+            dc = (boxes[None, :, :2] + boxes[None, :, 2:]) / 2
+            dist = np.linalg.norm(pc - dc, axis=2)
+            side = np.maximum(pred[:, None, 2] - pred[:, None, 0], pred[:, None, 3] - pred[:, None, 1])
+            near = dist < 0.75 * np.maximum(side, 1.0)
+            score = np.where(m >= self.iou_threshold, 1.0 + m, np.where(near, 1.0 - dist / np.maximum(side, 1.0), 0.0))
+            used_t: set[int] = set()
+            for flat in np.argsort(-score, axis=None, kind="stable"):
+                ti, di = divmod(int(flat), len(dets))
+                if score[ti, di] <= 0:
+                    break
+                if ti in used_t or di not in unmatched:
+                    continue
+                used_t.add(ti)
+                unmatched.discard(di)
+                live[ti].add(t, boxes[di], dets.scores[di])
+        for di in sorted(unmatched):
+            tr = Track(self._next_id)
+            self._next_id += 1
+            tr.add(t, boxes[di], dets.scores[di])
+            self._tracks.append(tr)
+
+    # -- per-frame boxes ----------------------------------------------------------------
+    def _box_at(self, tr: Track, t: int) -> tuple[np.ndarray, float, bool] | None:
+        frames = tr.frames
+        i = int(np.searchsorted(frames, t))  # first detection at or after t
+        if i < len(frames) and frames[i] == t:
+            return tr.boxes[i], tr.scores[i], True
+        prev = i - 1 if i > 0 else None
+        nxt = i if i < len(frames) else None
+        if prev is not None and nxt is not None and (t - frames[prev] <= self.keep or frames[nxt] - t <= self.lead):
+            a, b = frames[prev], frames[nxt]
+            w = (t - a) / (b - a)
+            box = tr.boxes[prev] * (1 - w) + tr.boxes[nxt] * w
+            d = min(t - a, b - t)
+            return grow(box, min(self.max_growth, 1 + self.growth * d / 2)), min(tr.scores[prev], tr.scores[nxt]), False
+        if prev is not None and t - frames[prev] <= self.keep:
+            d = t - frames[prev]
+            box = tr.boxes[prev] + tr.velocity(prev, True) * d
+            return grow(box, min(self.max_growth, 1 + self.growth * d)), tr.scores[prev], False
+        if nxt is not None and frames[nxt] - t <= self.lead:
+            d = frames[nxt] - t
+            box = tr.boxes[nxt] - tr.velocity(nxt, False) * d
+            return grow(box, min(self.max_growth, 1 + self.growth * d)), tr.scores[nxt], False
+        return None
+
+    def _finalise(self, t: int) -> FrameBoxes:
+        boxes, scores, ids, detected = [], [], [], []
+        for tr in self._tracks:
+            got = self._box_at(tr, t)
+            if got is not None:
+                boxes.append(got[0])
+                scores.append(got[1])
+                ids.append(tr.id)
+                detected.append(got[2])
+        out = FrameBoxes(
+            t,
+            np.asarray(boxes, np.float32).reshape(-1, 4),
+            np.asarray(scores, np.float32),
+            np.asarray(ids, np.int64),
+            np.asarray(detected, bool),
+        )
+        # prune what can no longer affect frames after t
+        horizon = t + 1 - self.keep
+        kept = []
+        for tr in self._tracks:
+            if tr.frames[-1] >= horizon or tr.frames[-1] > t:
+                while len(tr.frames) > 2 and tr.frames[1] < horizon:  # keep one before the horizon
+                    del tr.frames[0], tr.boxes[0], tr.scores[0]
+                kept.append(tr)
+        self._tracks = kept
+        return out
+
+    # -- streaming API ------------------------------------------------------------------
+    def push(self, t: int, dets: Detections | None) -> list[FrameBoxes]:
+        """Add frame t (frames in increasing order) with its detections, or None if the
+        detector did not run on it. Returns the frames that are now final, in order."""
+        if t <= self._last_pushed:
+            raise ValueError(f"frames must be pushed in increasing order ({t} after {self._last_pushed})")
+        self._last_pushed = t
+        if dets is not None and len(dets):
+            self._associate(t, dets)
+        self._pending.append(t)
+        out = []
+        while self._pending and self._pending[0] <= t - self.lead:
+            out.append(self._finalise(self._pending.popleft()))
+        return out
+
+    def flush(self) -> list[FrameBoxes]:
+        """Finalise every pending frame (end of the video)."""
+        out = [self._finalise(t) for t in self._pending]
+        self._pending.clear()
+        return out
