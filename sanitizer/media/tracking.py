@@ -122,8 +122,11 @@ class TemporalCoverage:
             dc = (boxes[None, :, :2] + boxes[None, :, 2:]) / 2
             dist = np.linalg.norm(pc - dc, axis=2)
             side = np.maximum(pred[:, None, 2] - pred[:, None, 0], pred[:, None, 3] - pred[:, None, 1])
-            near = dist < 0.75 * np.maximum(side, 1.0)
-            score = np.where(m >= self.iou_threshold, 1.0 + m, np.where(near, 1.0 - dist / np.maximum(side, 1.0), 0.0))
+            # the longer the gap since a track's last detection, the further its face may be
+            gap = np.array([t - tr.frames[-1] for tr in live], np.float64)[:, None]
+            reach = np.minimum(2.0, 0.5 + 0.15 * gap) * np.maximum(side, 1.0)
+            near = dist < reach
+            score = np.where(m >= self.iou_threshold, 1.0 + m, np.where(near, 1.0 - dist / reach, 0.0))
             used_t: set[int] = set()
             for flat in np.argsort(-score, axis=None, kind="stable"):
                 ti, di = divmod(int(flat), len(dets))

