@@ -128,3 +128,15 @@ def test_demo(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "audit:" in proc.stdout and (tmp_path / "demo" / "output" / "_audit" / "runs").is_dir()
     assert Path(tmp_path / "demo" / "output" / "photos" / "astronaut.jpg").is_file()
+
+
+def test_audit_command(finished_run):
+    _, dst, _, _ = finished_run
+    proc = run_cli("audit", str(dst))
+    assert proc.returncode == 0, proc.stderr
+    assert "legal_basis" in proc.stdout and "broken.jpg" in proc.stdout
+    proc = run_cli("audit", str(dst), "--json")
+    import json
+
+    doc = json.loads(proc.stdout)
+    assert doc["files_by_status"] == {"ok": 3, "failed": 1, "skipped": 1}
