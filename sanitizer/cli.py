@@ -60,6 +60,7 @@ def _overrides(**opts: Any) -> dict[str, dict[str, Any]]:
         "detector": ("detect", "detector"), "threshold": ("detect", "threshold"),
         "method": ("redact", "method"), "shape": ("redact", "shape"), "margin": ("redact", "margin"),
         "workers": ("execution", "workers"), "scheduler": ("execution", "scheduler"),
+        "skip_unchanged": ("execution", "skip_unchanged"),
     }
     res: dict[str, dict[str, Any]] = {}
     for name, value in opts.items():
@@ -100,6 +101,9 @@ def _print_plan(plan) -> None:
               f"({counts['image']} images, {counts['video']} videos, {counts['other']} other; {size / 1e6:.1f} MB)")
     out.print(f"  {len(plan.shards)} tasks on {plan.scheduler or f'an embedded Dask LocalCluster of {plan.workers} workers'}")
     out.print(f"  outputs → {plan.dst.url}   audit → {plan.dst.uri('_audit')}")
+    if plan.previous:
+        out.print(f"  {len(plan.previous)} files were published by earlier runs with this config; "
+                  "unchanged ones are skipped (--force to redo)")
 
 
 def run_job(src: str, dst: str, cfg, dry_run: bool = False) -> int:
@@ -136,7 +140,8 @@ def run_job(src: str, dst: str, cfg, dry_run: bool = False) -> int:
             err.print(f"  [red]failed[/]: {key}: {reason}", highlight=False, soft_wrap=True)
     out.print(
         f"done in {summary.seconds:.1f}s: {summary.n_ok} ok, {summary.n_failed} failed, "
-        f"{summary.n_skipped} skipped; {summary.n_faces} faces redacted; {summary.files_per_s:.2f} files/s"
+        f"{summary.n_skipped} skipped{f' ({summary.n_unchanged} unchanged since an earlier run)' if summary.n_unchanged else ''}; "
+        f"{summary.n_faces} faces redacted; {summary.files_per_s:.2f} files/s"
     )
     out.print(f"outputs: {summary.destination}")
     out.print(f"audit:   {summary.audit_uri}  (pandas.read_parquet('{summary.audit_uri}/files'))")
@@ -156,11 +161,13 @@ def run(
     workers: WorkersOpt = None,
     scheduler: SchedulerOpt = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Build the manifest and print the plan; process nothing.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Reprocess files already published unchanged by an earlier run.")] = False,
 ) -> None:
     """Redact every face in every image and video under SRC into DST, with a Parquet audit."""
     try:
         cfg = load_config(config, detector=detector, method=method, shape=shape, threshold=threshold,
-                          margin=margin, workers=workers, scheduler=scheduler)
+                          margin=margin, workers=workers, scheduler=scheduler,
+                          skip_unchanged=False if force else None)
         code = run_job(src, dst, cfg, dry_run)
     except SanitizerError as exc:
         raise _fail(exc) from None

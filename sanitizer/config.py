@@ -75,7 +75,6 @@ class VideoConfig:
 class OutputConfig:
     jpeg_quality: int = 92
     webp_quality: int = 90
-    overwrite: bool = True  # replace outputs already at DST
     storage_options: dict[str, Any] = field(default_factory=dict)  # passed to fsspec for DST
 
 
@@ -87,6 +86,9 @@ class ExecutionConfig:
     shard_bytes: int = 64 * 1024 * 1024  # target bytes of input per task
     shard_files: int = 64  # at most this many files per task
     retries: int = 1  # retries of a shard whose worker died
+    # skip files whose source sha256 and config fingerprint match an output already published
+    # at DST by an earlier run (nightly runs redo only what changed); --force turns it off
+    skip_unchanged: bool = True
     memory_limit: str = "auto"
 
 

@@ -34,7 +34,8 @@ def _limit_threads(n: int = 1) -> None:
     cv2.setNumThreads(max(1, n))
 
 
-def _worker_context(run_id: str, cfg_dict: dict[str, Any], src_url: str, dst_url: str):
+def _worker_context(run_id: str, cfg_dict: dict[str, Any], src_url: str, dst_url: str,
+                    previous: dict[str, str] | None = None):
     """Per-process cache: the detector is loaded once and reused by every shard."""
     from sanitizer import storage
     from sanitizer.detect import get_detector
@@ -52,14 +53,15 @@ def _worker_context(run_id: str, cfg_dict: dict[str, Any], src_url: str, dst_url
             _STATE["src"] = storage.location(src_url, cfg.input.storage_options)
             _STATE["dst"] = storage.location(dst_url, cfg.output.storage_options)
             _STATE["loc_key"] = loc_key
-        return Context.create(run_id, cfg, _STATE["detector"], _STATE["src"], _STATE["dst"])
+        return Context.create(run_id, cfg, _STATE["detector"], _STATE["src"], _STATE["dst"], previous)
 
 
-def process_shard(items: list[MediaItem], run_id: str, cfg_dict: dict[str, Any], src_url: str, dst_url: str) -> ShardResult:
+def process_shard(items: list[MediaItem], run_id: str, cfg_dict: dict[str, Any], src_url: str, dst_url: str,
+                  previous: dict[str, str] | None = None) -> ShardResult:
     """Task function: process every item of a shard; never raises for a bad file."""
     from sanitizer.process import process_item
 
-    ctx = _worker_context(run_id, cfg_dict, src_url, dst_url)
+    ctx = _worker_context(run_id, cfg_dict, src_url, dst_url, previous)
     return [process_item(item, ctx) for item in items]
 
 
@@ -167,6 +169,7 @@ def map_shards(
     src_url: str,
     dst_url: str,
     on_shard: Callable[[list[MediaItem], ShardResult | None, str], None],
+    previous: dict[str, str] | None = None,
 ) -> None:
     """Submit every shard and call `on_shard(items, results, error)` as each one finishes.
     A shard whose task failed even after retries comes back with results None and a reason."""
@@ -175,8 +178,9 @@ def map_shards(
     cfg_dict = cfg.to_dict()
     futures = {}
     for i, s in enumerate(shards):
+        prev = {i.key: previous[i.key] for i in s if previous and i.key in previous}
         fut = client.submit(
-            process_shard, s, run_id, cfg_dict, src_url, dst_url,
+            process_shard, s, run_id, cfg_dict, src_url, dst_url, prev,
             key=f"sanitize-{run_id}-{i:06d}", retries=cfg.execution.retries, pure=False,
         )
         futures[fut] = s

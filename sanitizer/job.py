@@ -35,6 +35,7 @@ class Plan:
     shards: list[list[MediaItem]]
     workers: int
     scheduler: str
+    previous: dict[str, str] = field(default_factory=dict)  # key -> source sha256 already published
 
     def counts(self) -> dict[str, int]:
         out = {"image": 0, "video": 0, "other": 0}
@@ -52,6 +53,7 @@ class Summary:
     n_ok: int = 0
     n_failed: int = 0
     n_skipped: int = 0
+    n_unchanged: int = 0  # skipped because already published unchanged (part of n_skipped)
     n_faces: int = 0
     seconds: float = 0.0
     failures: list[tuple[str, str]] = field(default_factory=list)  # (key, reason)
@@ -84,7 +86,24 @@ def plan(src_url: str, dst_url: str, cfg: Config, on_event: Event = _noop) -> Pl
     workers = cfg.execution.workers or _cpu_count()
     shards = shard([i for i in items if i.kind != "other"], workers,
                    cfg.execution.shard_bytes, cfg.execution.shard_files)
-    return Plan(new_run_id(), src, dst, items, shards, workers, cfg.execution.scheduler)
+    previous = published(dst, cfg.fingerprint()) if cfg.execution.skip_unchanged else {}
+    return Plan(new_run_id(), src, dst, items, shards, workers, cfg.execution.scheduler, previous)
+
+
+def published(dst: storage.Location, fingerprint: str) -> dict[str, str]:
+    """key -> source sha256 of the latest `ok` output per key made with this config."""
+    files = audit.read(dst, "files")
+    if files.empty:
+        return {}
+    ok = files[(files.status == "ok") & (files.config_fingerprint == fingerprint)]
+    latest = ok.sort_values("finished").groupby("key").tail(1)
+    failed_later = files[files.status == "failed"].groupby("key")["finished"].max()
+    out = {}
+    for row in latest.itertuples():
+        if row.key in failed_later.index and failed_later[row.key] > row.finished:
+            continue
+        out[row.key] = row.source_sha256
+    return out
 
 
 def _cpu_count() -> int:
@@ -119,6 +138,7 @@ def run(p: Plan, cfg: Config, on_event: Event = _noop) -> Summary:
                 summary.failures.append((r["key"], r["error"]))
             else:
                 summary.n_skipped += 1
+                summary.n_unchanged += r["error"].startswith("unchanged")
 
     # non-media files: skipped rows, written by the driver (nothing to compute)
     ctx = Context.create(p.run_id, cfg, detector, p.src, p.dst)
@@ -144,7 +164,7 @@ def run(p: Plan, cfg: Config, on_event: Event = _noop) -> Summary:
         if p.shards:
             with client_for(cfg) as (client, info):
                 on_event("cluster", address=info.address, workers=info.workers, embedded=info.embedded)
-                map_shards(client, p.shards, p.run_id, cfg, p.src.url, p.dst.url, on_shard)
+                map_shards(client, p.shards, p.run_id, cfg, p.src.url, p.dst.url, on_shard, p.previous)
     except KeyboardInterrupt:
         status = "interrupted"
         raise

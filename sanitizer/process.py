@@ -13,7 +13,7 @@ import os
 import socket
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sanitizer import storage
@@ -34,10 +34,23 @@ class Context:
     src: storage.Location
     fingerprint: str
     params: RedactParams
+    # key -> source sha256 of files an earlier run already published with this fingerprint
+    previous: dict[str, str] = field(default_factory=dict)
 
     @classmethod
-    def create(cls, run_id: str, cfg: Config, detector, src: storage.Location, dst: storage.Location) -> Context:
-        return cls(run_id, cfg, detector, dst, src, cfg.fingerprint(), params_from_config(cfg.redact))
+    def create(cls, run_id: str, cfg: Config, detector, src: storage.Location, dst: storage.Location,
+               previous: dict[str, str] | None = None) -> Context:
+        return cls(run_id, cfg, detector, dst, src, cfg.fingerprint(), params_from_config(cfg.redact),
+                   previous or {})
+
+
+class _Unchanged(Exception):
+    """The source and the config are those of an output already published at DST."""
+
+
+def _skip_if_unchanged(item: MediaItem, ctx: Context, digest: str) -> None:
+    if ctx.previous.get(item.key) == digest and storage.exists(ctx.dst, item.key):
+        raise _Unchanged
 
 
 def detection_rows(run_id: str, key: str, frame: int, t_ms: float, faces: Detections,
@@ -95,6 +108,9 @@ def process_item(item: MediaItem, ctx: Context) -> tuple[dict[str, Any], list[di
             res.status = "ok"
         else:
             res.error = f"unknown kind {item.kind!r}"
+    except _Unchanged:
+        res.status, res.error, dets = "skipped", "unchanged: already published with the same source and config", []
+        res.output_uri = ctx.dst.uri(item.key)
     except (MediaError, StorageError) as exc:
         res.status, res.error, dets = "failed", _one_line(exc), []
     except SanitizerError as exc:
@@ -103,7 +119,7 @@ def process_item(item: MediaItem, ctx: Context) -> tuple[dict[str, Any], list[di
         res.status, res.error, dets = "failed", "out of memory while processing", []
     except Exception as exc:  # noqa: BLE001 - fail closed on anything unexpected, keep the job alive
         res.status, res.error, dets = "failed", f"internal error: {type(exc).__name__}: {_one_line(exc)}", []
-    if res.status != "ok":
+    if res.status == "failed":
         res.output_uri = res.output_sha256 = ""
         res.n_faces = 0
         if item.kind != "other":
@@ -121,6 +137,7 @@ def _process_image(item: MediaItem, ctx: Context, res: FileResult) -> list[dict[
 
     data = storage.read_bytes(ctx.src, item.key)
     res.source_sha256 = hashlib.sha256(data).hexdigest()
+    _skip_if_unchanged(item, ctx, res.source_sha256)
     out = image.sanitize(
         data, ctx.detector, ctx.params, expected=item.format,
         jpeg_quality=ctx.cfg.output.jpeg_quality, webp_quality=ctx.cfg.output.webp_quality,
@@ -140,6 +157,7 @@ def _process_video(item: MediaItem, ctx: Context, res: FileResult) -> list[dict[
 
     with storage.local_copy(ctx.src, item.key) as (src_path, digest):
         res.source_sha256 = digest
+        _skip_if_unchanged(item, ctx, digest)
         suffix = os.path.splitext(item.key)[1] or f".{item.format}"
         with tempfile.TemporaryDirectory(prefix="sanitizer-out-") as tmp:
             out_path = os.path.join(tmp, "out" + suffix)

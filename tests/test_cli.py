@@ -140,3 +140,26 @@ def test_audit_command(finished_run):
 
     doc = json.loads(proc.stdout)
     assert doc["files_by_status"] == {"ok": 3, "failed": 1, "skipped": 1}
+
+
+def test_nightly_rerun_skips_unchanged(tmp_path):
+    from tests.conftest import astronaut, jpeg_bytes
+
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    src.mkdir()
+    face = astronaut()
+    (src / "a.jpg").write_bytes(jpeg_bytes(face))
+    (src / "b.jpg").write_bytes(jpeg_bytes(face[::-1].copy()))
+    assert run_cli("run", str(src), str(dst), "--workers", "1").returncode == 0
+    (src / "b.jpg").write_bytes(jpeg_bytes(face[:, ::-1].copy()))  # changed since the last run
+    proc = run_cli("run", str(src), str(dst), "--workers", "1")
+    assert proc.returncode == 0, proc.stderr
+    assert "1 ok" in proc.stdout and "1 unchanged" in proc.stdout
+    files = pd.read_parquet(dst / "_audit" / "files")
+    last = files[files.run_id == files.run_id.max()].set_index("key")
+    assert last.loc["a.jpg"].status == "skipped" and last.loc["a.jpg"].error.startswith("unchanged")
+    assert last.loc["b.jpg"].status == "ok"
+    proc = run_cli("run", str(src), str(dst), "--workers", "1", "--force")
+    assert "2 ok" in proc.stdout
+    proc = run_cli("run", str(src), str(dst), "--workers", "1", "--method", "solid")
+    assert "2 ok" in proc.stdout, "another redaction config is not 'unchanged'"
