@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -123,12 +124,17 @@ def run_job(src: str, dst: str, cfg, dry_run: bool = False) -> int:
     progress = _progress()
     task = progress.add_task("sanitizing", total=sum(len(s) for s in plan.shards))
 
+    last_log = [time.monotonic()]
+
     def on_event(name: str, **data: Any) -> None:
         if name == "cluster":
             where = "embedded LocalCluster" if data["embedded"] else data["address"]
             err.print(f"  dask: {data['workers']} workers ({where})", highlight=False)
         elif name == "progress":
             progress.update(task, completed=data["done"])
+            if not err.is_terminal and time.monotonic() - last_log[0] > 30:  # logs of scheduled jobs
+                last_log[0] = time.monotonic()
+                err.print(f"  progress: {data['done']}/{data['total']} files", highlight=False)
             for r in data["results"]:
                 if r["status"] == "failed" and not err.is_terminal:
                     err.print(f"  failed: {r['key']}: {r['error']}", highlight=False, soft_wrap=True)

@@ -138,6 +138,8 @@ except ImportError:  # pragma: no cover
 
 def _reason(exc: BaseException) -> str:
     msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if isinstance(exc, Image.DecompressionBombWarning):
+        return f"image too large to decode safely ({msg})"
     if isinstance(exc, Image.UnidentifiedImageError):
         return "not a readable image (unidentified or corrupt header)"
     if "truncated" in msg.lower():
