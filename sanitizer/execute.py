@@ -24,6 +24,8 @@ from sanitizer.records import MediaItem
 ShardResult = list[tuple[dict[str, Any], list[dict[str, Any]]]]
 
 # ---------------------------------------------------------------- worker side
+# Integration tests set this to a key fragment to simulate a decoder that kills its process.
+_TEST_CRASH_ENV = "SANITIZER_TEST_CRASH_KEY"
 _STATE: dict[str, Any] = {}
 _STATE_LOCK = threading.Lock()
 
@@ -62,7 +64,13 @@ def process_shard(items: list[MediaItem], run_id: str, cfg_dict: dict[str, Any],
     from sanitizer.process import process_item
 
     ctx = _worker_context(run_id, cfg_dict, src_url, dst_url, previous)
-    return [process_item(item, ctx) for item in items]
+    crash_on = os.environ.get(_TEST_CRASH_ENV)
+    results = []
+    for item in items:
+        if crash_on and crash_on in item.key:  # tests only: a native crash that kills the worker
+            os._exit(70)
+        results.append(process_item(item, ctx))
+    return results
 
 
 class _ThreadLimits(WorkerPlugin):
@@ -140,6 +148,8 @@ def client_for(cfg: Config) -> Iterator[tuple[Any, ClusterInfo]]:
         "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None,
         "distributed.worker.daemon": False,
         "distributed.admin.tick.limit": "60s",
+        # a task whose worker died twice is poisonous: fail it (it is then split per file)
+        "distributed.scheduler.allowed-failures": 1,
     }):
         try:
             cluster = LocalCluster(
@@ -172,26 +182,40 @@ def map_shards(
     previous: dict[str, str] | None = None,
 ) -> None:
     """Submit every shard and call `on_shard(items, results, error)` as each one finishes.
-    A shard whose task failed even after retries comes back with results None and a reason."""
+
+    A task that fails even after retries (its worker died, e.g. a native crash on one file)
+    is split into one task per file, so one poisonous file does not fail its neighbours; a
+    single-file task that still fails comes back with results None and a reason."""
     from distributed import as_completed
 
     cfg_dict = cfg.to_dict()
-    futures = {}
-    for i, s in enumerate(shards):
-        prev = {i.key: previous[i.key] for i in s if previous and i.key in previous}
+    futures: dict[Any, list[MediaItem]] = {}
+    counter = 0
+
+    def submit(items: list[MediaItem], retries: int):
+        nonlocal counter
+        counter += 1
+        prev = {i.key: previous[i.key] for i in items if previous and i.key in previous}
         fut = client.submit(
-            process_shard, s, run_id, cfg_dict, src_url, dst_url, prev,
-            key=f"sanitize-{run_id}-{i:06d}", retries=cfg.execution.retries, pure=False,
+            process_shard, items, run_id, cfg_dict, src_url, dst_url, prev,
+            key=f"sanitize-{run_id}-{counter:06d}", retries=retries, pure=False,
         )
-        futures[fut] = s
+        futures[fut] = items
+        return fut
+
+    pending = as_completed([submit(s, cfg.execution.retries) for s in shards])
     try:
-        for fut in as_completed(list(futures)):
+        for fut in pending:
             items = futures.pop(fut)
             try:
                 results = fut.result()
             except Exception as exc:  # noqa: BLE001 - a worker died or the task raised: keep going
-                reason = " ".join(str(exc).split())[:300] or type(exc).__name__
-                on_shard(items, None, f"worker task failed: {type(exc).__name__}: {reason}")
+                if len(items) > 1:
+                    for item in items:
+                        pending.add(submit([item], 0))
+                else:
+                    reason = " ".join(str(exc).split())[:300] or type(exc).__name__
+                    on_shard(items, None, f"worker task failed: {type(exc).__name__}: {reason}")
             else:
                 on_shard(items, results, "")
             fut.release()

@@ -163,3 +163,23 @@ def test_nightly_rerun_skips_unchanged(tmp_path):
     assert "2 ok" in proc.stdout
     proc = run_cli("run", str(src), str(dst), "--workers", "1", "--method", "solid")
     assert "2 ok" in proc.stdout, "another redaction config is not 'unchanged'"
+
+
+def test_worker_crash_fails_only_that_file(tmp_path):
+    """A file that kills its worker process (as a native decoder crash would) gets a failed
+    row; the other files of its task are retried alone and published."""
+    from tests.conftest import astronaut, jpeg_bytes
+
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    src.mkdir()
+    small = astronaut()[::4, ::4].copy()
+    names = ["a.jpg", "b.jpg", "crash.jpg", "c.jpg", "d.jpg", "e.jpg", "f.jpg", "g.jpg", "h.jpg"]
+    for name in names:  # 9 files on 1 worker: tasks of 3 files, crash.jpg shares its task
+        (src / name).write_bytes(jpeg_bytes(small))
+    proc = run_cli("run", str(src), str(dst), "--workers", "1", timeout=300,
+                   env={"SANITIZER_TEST_CRASH_KEY": "crash"})
+    assert proc.returncode == 1, proc.stderr
+    files = pd.read_parquet(dst / "_audit" / "files").set_index("key")
+    assert files.loc["crash.jpg"].status == "failed" and "worker" in files.loc["crash.jpg"].error
+    assert len(files) == 9 and (files.drop(index="crash.jpg").status == "ok").all()
+    assert not (dst / "crash.jpg").exists() and (dst / "b.jpg").exists() and (dst / "c.jpg").exists()
