@@ -12,6 +12,7 @@ import hashlib
 import os
 import posixpath
 import shutil
+import sys
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -20,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import fsspec
-from fsspec.core import url_to_fs
+from fsspec.core import split_protocol, url_to_fs
 
 from sanitizer.errors import StorageError
 
@@ -52,17 +53,83 @@ class Location:
 
 
 def location(url: str, storage_options: dict[str, Any] | None = None) -> Location:
-    """Resolve a folder path or an fsspec URL. Raises StorageError with a plain reason."""
+    """Resolve a folder path or an fsspec URL. Raises StorageError with a plain reason.
+
+    For s3:// the standard AWS variables (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY,
+    AWS_ENDPOINT_URL, AWS_PROFILE) apply as usual, `storage_options` go to s3fs, and
+    `s3_options` fills in bounded timeouts and S3-compatible checksum settings.
+    """
     try:
         if "://" not in url:
             url = str(Path(url).expanduser().resolve())
-        fs, root = url_to_fs(url, **(storage_options or {}))
+        options = dict(storage_options or {})
+        is_s3 = split_protocol(url)[0] in S3_PROTOCOLS
+        if is_s3:
+            options = s3_options(options)
+        fs, root = url_to_fs(url, **options)
+        if is_s3 and hasattr(fs, "retries"):
+            fs.retries = S3FS_RETRIES  # s3fs's own retry loop, on top of botocore's attempts
     except ImportError as exc:
-        raise StorageError(f"{url}: support for this URL is not installed ({exc}); "
+        raise StorageError(f"{url}: support for this URL is not installed ({_why(exc)}); "
                            "for s3:// run: pip install 'sanitizer[s3]'") from None
-    except (ValueError, OSError) as exc:
-        raise StorageError(f"{url}: {exc}") from None
+    except (TypeError, *_io_errors()) as exc:  # TypeError: an option the filesystem does not take
+        raise StorageError(f"{url}: {_why(exc)}") from None
     return Location(url, root.rstrip("/") or "/", fs)
+
+
+S3_PROTOCOLS = ("s3", "s3a")
+S3FS_RETRIES = 2
+# Defaults for botocore's Config: bounded waits (a dead or silent endpoint fails within
+# about S3FS_RETRIES x max_attempts x read_timeout = 60 s, a refused connection within
+# seconds), and checksums only when the operation requires them - the behaviour before
+# botocore 1.36, which S3-compatible stores (seaweedfs, older MinIO, Ceph) expect.
+S3_CONFIG_DEFAULTS: dict[str, Any] = {
+    "connect_timeout": 5,
+    "read_timeout": 10,
+    "retries": {"max_attempts": 3, "mode": "standard"},
+    "request_checksum_calculation": "when_required",
+    "response_checksum_validation": "when_required",
+}
+_S3_CONFIG_ENV = {  # botocore also reads these; an explicit environment setting wins
+    "request_checksum_calculation": "AWS_REQUEST_CHECKSUM_CALCULATION",
+    "response_checksum_validation": "AWS_RESPONSE_CHECKSUM_VALIDATION",
+    "retries": "AWS_MAX_ATTEMPTS",
+}
+
+
+def s3_options(storage_options: dict[str, Any]) -> dict[str, Any]:
+    """`storage_options` with sanitizer's botocore defaults under `config_kwargs`;
+    values the user gave (in the options or in the AWS_* environment) win."""
+    options = dict(storage_options)
+    config = dict(options.get("config_kwargs") or {})
+    for name, value in S3_CONFIG_DEFAULTS.items():
+        if name not in config and not os.environ.get(_S3_CONFIG_ENV.get(name, "")):
+            config[name] = value
+    options["config_kwargs"] = config
+    return options
+
+
+def _io_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions that mean "this storage operation failed". botocore's own errors
+    (endpoint unreachable, no credentials, timeouts) are not OSErrors; they can only occur
+    once s3fs has imported botocore, so it is never imported here just to catch them."""
+    errors: tuple[type[BaseException], ...] = (OSError, ValueError)
+    boto = sys.modules.get("botocore.exceptions")
+    if boto is not None:
+        errors += (boto.BotoCoreError, boto.ClientError)
+    return errors
+
+
+def _why(exc: BaseException) -> str:
+    """A one-line reason, with a hint for the usual object-store mistakes."""
+    text = " ".join(str(exc).split())[:300] or type(exc).__name__
+    name = type(exc).__name__
+    if isinstance(exc, PermissionError) or name in ("NoCredentialsError", "PartialCredentialsError"):
+        text += ("; check the credentials (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or "
+                 "storage_options key/secret) and that they may access this bucket")
+    elif name in ("EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError"):
+        text += "; check the endpoint (AWS_ENDPOINT_URL or storage_options endpoint_url) and the network"
+    return text
 
 
 def safe_key(key: str) -> str:
@@ -96,8 +163,8 @@ def walk(loc: Location, include_hidden: bool = False) -> Iterator[tuple[str, int
         found = fs.find(loc.root, detail=True, withdirs=False)
     except StorageError:
         raise
-    except (OSError, ValueError) as exc:
-        raise StorageError(f"{loc.url}: cannot list ({exc})") from None
+    except _io_errors() as exc:
+        raise StorageError(f"{loc.url}: cannot list ({_why(exc)})") from None
     prefix = loc.root.rstrip("/") + "/"
     for path in sorted(found):
         info = found[path]
@@ -113,15 +180,15 @@ def read_head(loc: Location, key: str, n: int = 64) -> bytes:
     try:
         with loc.fs.open(loc.path(key), "rb") as f:
             return f.read(n)
-    except (OSError, ValueError) as exc:
-        raise StorageError(f"{key}: cannot read ({exc})") from None
+    except _io_errors() as exc:
+        raise StorageError(f"{key}: cannot read ({_why(exc)})") from None
 
 
 def read_bytes(loc: Location, key: str) -> bytes:
     try:
         return loc.fs.cat_file(loc.path(key))
-    except (OSError, ValueError) as exc:
-        raise StorageError(f"{key}: cannot read ({exc})") from None
+    except _io_errors() as exc:
+        raise StorageError(f"{key}: cannot read ({_why(exc)})") from None
 
 
 def sha256_of(loc: Location, key: str) -> str:
@@ -130,8 +197,8 @@ def sha256_of(loc: Location, key: str) -> str:
         with loc.fs.open(loc.path(key), "rb") as f:
             while chunk := f.read(CHUNK):
                 h.update(chunk)
-    except (OSError, ValueError) as exc:
-        raise StorageError(f"{key}: cannot read ({exc})") from None
+    except _io_errors() as exc:
+        raise StorageError(f"{key}: cannot read ({_why(exc)})") from None
     return h.hexdigest()
 
 
@@ -149,8 +216,8 @@ def local_copy(loc: Location, key: str) -> Iterator[tuple[str, str]]:
                 while chunk := f.read(CHUNK):
                     h.update(chunk)
                     out.write(chunk)
-        except (OSError, ValueError) as exc:
-            raise StorageError(f"{key}: cannot download ({exc})") from None
+        except _io_errors() as exc:
+            raise StorageError(f"{key}: cannot download ({_why(exc)})") from None
         yield dst, h.hexdigest()
 
 
@@ -170,8 +237,8 @@ def put_bytes(loc: Location, key: str, data: bytes) -> str:
                     os.unlink(tmp)
         else:
             loc.fs.pipe_file(path, data)
-    except (OSError, ValueError) as exc:
-        raise StorageError(f"{key}: cannot write output ({exc})") from None
+    except _io_errors() as exc:
+        raise StorageError(f"{key}: cannot write output ({_why(exc)})") from None
     return loc.uri(key)
 
 
@@ -190,8 +257,8 @@ def put_file(loc: Location, key: str, local_path: str) -> str:
                     os.unlink(tmp)
         else:
             loc.fs.put_file(local_path, path)
-    except (OSError, ValueError) as exc:
-        raise StorageError(f"{key}: cannot write output ({exc})") from None
+    except _io_errors() as exc:
+        raise StorageError(f"{key}: cannot write output ({_why(exc)})") from None
     return loc.uri(key)
 
 
@@ -201,22 +268,40 @@ def remove(loc: Location, key: str) -> None:
     try:
         if loc.fs.exists(path):
             loc.fs.rm_file(path)
-    except (OSError, ValueError) as exc:
-        raise StorageError(f"{key}: cannot remove stale output ({exc})") from None
+    except _io_errors() as exc:
+        raise StorageError(f"{key}: cannot remove stale output ({_why(exc)})") from None
 
 
 def exists(loc: Location, key: str) -> bool:
     try:
         return bool(loc.fs.exists(loc.path(key)))
-    except (OSError, ValueError):
+    except _io_errors():
         return False
 
 
 def makedirs(loc: Location, key: str = "") -> None:
+    """Create the folder (local, memory). Object stores have no folders, but an S3 bucket
+    must exist: it is never created behind the user's back (s3fs's makedirs would)."""
+    if loc.protocol in S3_PROTOCOLS:
+        bucket = loc.root.lstrip("/").split("/", 1)[0]
+        try:
+            loc.fs.call_s3("head_bucket", Bucket=bucket)
+        except FileNotFoundError:
+            raise StorageError(f"{loc.url}: bucket {bucket!r} does not exist (create it first)") from None
+        except PermissionError:
+            pass  # a policy may allow writing objects but not HeadBucket: the first write will tell
+        except _io_errors() as exc:
+            raise StorageError(f"{loc.url}: {_why(exc)}") from None
+        return
+    if loc.protocol in BUCKET_PROTOCOLS:
+        return
     try:
         loc.fs.makedirs(loc.path(key) if key else loc.root, exist_ok=True)
-    except (OSError, ValueError) as exc:
-        raise StorageError(f"{loc.url}: cannot create ({exc})") from None
+    except _io_errors() as exc:
+        raise StorageError(f"{loc.url}: cannot create ({_why(exc)})") from None
+
+
+BUCKET_PROTOCOLS = ("gs", "gcs", "az", "abfs", "abfss", "adl")
 
 
 def open_file(loc: Location, key: str, mode: str = "rb"):
@@ -230,8 +315,8 @@ def list_prefix(loc: Location, key: str) -> list[str]:
         if not loc.fs.exists(base):
             return []
         paths = loc.fs.find(base)
-    except (OSError, ValueError) as exc:
-        raise StorageError(f"{loc.url}: cannot list {key} ({exc})") from None
+    except _io_errors() as exc:
+        raise StorageError(f"{loc.url}: cannot list {key} ({_why(exc)})") from None
     prefix = loc.root.rstrip("/") + "/"
     return sorted(p[len(prefix):] for p in paths if p.startswith(prefix))
 
