@@ -57,6 +57,7 @@ EXTENSIONS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "mkv", ".webm
 FALLBACK_AUDIO = {"webm": "libopus"}
 
 _QUEUE = 6  # frames in flight between stages (each way)
+_MAX_LEAD = 32  # most frames held back by the tracker's look-ahead
 _END = object()
 
 
@@ -460,7 +461,8 @@ def _wrap_encode(fn):
 
 def _detect_loop(q_dec, q_enc, stop, fdet: FrameDetector, vcfg, stats, tb, outcome: VideoOutcome) -> None:
     every = max(1, int(vcfg.detect_every))
-    cov = TemporalCoverage(keep=max(vcfg.track_keep, every), lead=max(vcfg.track_lead, every),
+    # the look-ahead must reach the next scanned frame; it is capped because it holds frames
+    cov = TemporalCoverage(keep=max(vcfg.track_keep, every), lead=min(_MAX_LEAD, max(vcfg.track_lead, every)),
                            iou_threshold=vcfg.track_iou)
     held: dict[int, _Frame] = {}
 
