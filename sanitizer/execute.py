@@ -116,6 +116,44 @@ def shard(items: list[MediaItem], workers: int, shard_bytes: int, shard_files: i
     return sorted(videos, key=lambda s: -s[0].size) + shards
 
 
+SCHEDULER_TIMEOUT = 15  # s, to connect to an existing scheduler
+
+
+def _probe_scheduler(address: str, timeout: float) -> None:
+    """Connect once, handshake included, within `timeout` seconds, else raise TimeoutError.
+
+    distributed's connect() bounds the TCP connect but not the handshake read after it, so
+    `Client(address, timeout=...)` waits forever on a port that accepts and never answers
+    (a wrong port, a proxy, a hung scheduler). The probe runs in its own thread and event
+    loop, so it also works where a loop is already running (Jupyter)."""
+    import asyncio
+
+    from distributed.comm import connect
+
+    async def probe() -> None:
+        comm = await asyncio.wait_for(connect(address, timeout=timeout), timeout)
+        await comm.close()
+
+    error: list[Exception] = []
+
+    def target() -> None:
+        try:
+            asyncio.run(probe())
+        except Exception as exc:  # noqa: BLE001 - handed to the caller's thread
+            error.append(exc)
+
+    t = threading.Thread(target=target, name="sanitizer-scheduler-probe", daemon=True)
+    t.start()
+    t.join(timeout + 5)
+    if t.is_alive():
+        raise TimeoutError(f"no answer within {timeout} s")
+    if error:
+        exc = error[0]
+        if isinstance(exc, TimeoutError) and not str(exc):
+            raise TimeoutError(f"connected, but no Dask handshake within {timeout} s")
+        raise exc
+
+
 @contextlib.contextmanager
 def client_for(cfg: Config) -> Iterator[tuple[Any, ClusterInfo]]:
     """A Dask client: an existing scheduler when configured, else an embedded LocalCluster."""
@@ -125,9 +163,11 @@ def client_for(cfg: Config) -> Iterator[tuple[Any, ClusterInfo]]:
     ex = cfg.execution
     if ex.scheduler:
         try:
-            client = Client(ex.scheduler, timeout="15s")
-        except (OSError, TimeoutError) as exc:
-            raise ClusterError(f"cannot reach Dask scheduler {ex.scheduler}: {exc}") from None
+            _probe_scheduler(ex.scheduler, SCHEDULER_TIMEOUT)
+            client = Client(ex.scheduler, timeout=SCHEDULER_TIMEOUT)
+        except (OSError, TimeoutError, ValueError) as exc:  # ValueError: a malformed address
+            reason = " ".join(str(exc).split())[:300] or type(exc).__name__
+            raise ClusterError(f"cannot reach Dask scheduler {ex.scheduler}: {reason}") from None
         try:
             client.register_plugin(_ThreadLimits(cfg.detect.threads))
             n = len(client.scheduler_info().get("workers", {}))

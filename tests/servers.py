@@ -5,6 +5,7 @@ a bounded loop, and is stopped (group terminated, then killed) when the fixture 
 Fixtures (import them into a test module: `from tests.servers import s3_server`):
     s3_server     module-scoped `S3Server` (skips when the `weed` binary is not installed)
     dask_cluster  module-scoped `DaskCluster`: one scheduler and two single-thread workers
+    silent_port   a loopback port that accepts connections and never answers
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -90,6 +92,44 @@ def port_open(port: int) -> bool:
     with socket.socket() as s:
         s.settimeout(0.5)
         return s.connect_ex((LOOPBACK, port)) == 0
+
+
+def closed_port() -> int:
+    """A loopback port where nothing listens (connections are refused)."""
+    with socket.socket() as s:
+        s.bind((LOOPBACK, 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def silent_port() -> Iterator[int]:
+    """A loopback port that accepts connections and never says a word (a hung server)."""
+    srv = socket.socket()
+    srv.bind((LOOPBACK, 0))
+    srv.listen(64)
+    srv.settimeout(0.2)
+    conns: list[socket.socket] = []
+    done = threading.Event()
+
+    def accept() -> None:
+        while not done.is_set():
+            try:
+                conns.append(srv.accept()[0])
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+
+    t = threading.Thread(target=accept, daemon=True)
+    t.start()
+    try:
+        yield srv.getsockname()[1]
+    finally:
+        done.set()
+        t.join(5)
+        for c in conns:
+            c.close()
+        srv.close()
 
 
 # ---------------------------------------------------------------- S3 (seaweedfs)
@@ -204,7 +244,8 @@ class DaskCluster:
 def run_dask_cluster(workdir: Path, n_workers: int = 2, env: dict[str, str] | None = None,
                      timeout: float = 60) -> Iterator[DaskCluster]:
     """`dask scheduler` and `n_workers` `dask worker` processes (1 thread each) on loopback.
-    `env` is the workers' environment (default: this process's)."""
+    The workers get this process's environment without AWS_* variables (so a test proves
+    that credentials travel with the job's config), plus `env`."""
     workdir.mkdir(parents=True, exist_ok=True)
     (port,) = free_ports(1)
     address = f"tcp://{LOOPBACK}:{port}"
@@ -216,13 +257,14 @@ def run_dask_cluster(workdir: Path, n_workers: int = 2, env: dict[str, str] | No
                             "--host", LOOPBACK, "--port", str(port), "--no-dashboard"],
                            log, env=base_env, cwd=workdir))
         wait_until(lambda: port_open(port), timeout, "dask scheduler", procs[0], log)
+        worker_env = {k: v for k, v in base_env.items() if k not in AWS_VARS} | (env or {})
         for i in range(n_workers):
             wlog = workdir / f"worker{i}.log"
             procs.append(start([sys.executable, "-m", "distributed.cli.dask_worker", address,
                                 "--host", LOOPBACK, "--nthreads", "1", "--no-dashboard",
                                 "--name", f"test-worker-{i}", "--local-directory", str(workdir / f"w{i}"),
                                 "--memory-limit", "0"],
-                               wlog, env={**base_env, **(env or {})}, cwd=workdir))
+                               wlog, env=worker_env, cwd=workdir))
         _wait_for_workers(address, n_workers, timeout, procs, workdir)
         yield DaskCluster(address, n_workers, procs)
     finally:
@@ -234,6 +276,8 @@ def _wait_for_workers(address: str, n: int, timeout: float, procs: list[subproce
                       workdir: Path) -> None:
     from distributed import Client
 
+    if n == 0:
+        return
     with Client(address, timeout="20s") as client:
         try:
             client.wait_for_workers(n, timeout=timeout)

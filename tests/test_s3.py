@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import io
 import json
-import socket
-import threading
 import time
 import uuid
 from pathlib import Path
@@ -21,7 +19,7 @@ import yaml
 from PIL import Image
 
 from tests.conftest import astronaut, jpeg_bytes, run_cli
-from tests.servers import S3Server, s3_server  # noqa: F401 - fixture
+from tests.servers import S3Server, closed_port, s3_server, silent_port  # noqa: F401 - fixtures
 
 pytestmark = pytest.mark.integration
 
@@ -153,43 +151,6 @@ def test_s3_to_local(s3_server: S3Server, bucket: str, tmp_path: Path) -> None: 
     assert {k: fs.cat(f"{bucket}/photos/{k}") for k in src_files} == src_files
 
 
-@pytest.fixture
-def silent_endpoint():
-    """A TCP server that accepts connections and never answers."""
-    srv = socket.socket()
-    srv.bind(("127.0.0.1", 0))
-    srv.listen(64)
-    conns: list[socket.socket] = []
-    stop = threading.Event()
-
-    def accept() -> None:
-        srv.settimeout(0.2)
-        while not stop.is_set():
-            try:
-                conns.append(srv.accept()[0])
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-
-    t = threading.Thread(target=accept, daemon=True)
-    t.start()
-    yield f"http://127.0.0.1:{srv.getsockname()[1]}"
-    stop.set()
-    t.join(5)
-    for c in conns:
-        c.close()
-    srv.close()
-
-
-def _refused_endpoint() -> str:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()  # nothing listens there now
-    return f"http://127.0.0.1:{port}"
-
-
 @pytest.mark.parametrize(
     ("case", "expect"),
     [
@@ -214,9 +175,9 @@ def test_storage_errors_are_one_line(case: str, expect: str, s3_server: S3Server
     elif case == "missing destination bucket":
         dst = "s3://no-such-bucket-here/out"
     elif case == "refused endpoint":
-        env["AWS_ENDPOINT_URL"] = _refused_endpoint()
+        env["AWS_ENDPOINT_URL"] = f"http://127.0.0.1:{closed_port()}"
     elif case == "silent endpoint":
-        env["AWS_ENDPOINT_URL"] = request.getfixturevalue("silent_endpoint")
+        env["AWS_ENDPOINT_URL"] = f"http://127.0.0.1:{request.getfixturevalue('silent_port')}"
         # the defaults bound this at about a minute; a test wants it shorter
         opts = {"config_kwargs": {"read_timeout": 1, "connect_timeout": 1}}
         cfg = write_config(tmp_path / "fast.yaml", input={"storage_options": opts})
