@@ -132,6 +132,15 @@ def test_upright_to_stored_matches_rot90(turns):
     assert got.tolist() == [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]
 
 
+@pytest.mark.parametrize(
+    ("size", "expected"),
+    [((1920, 1080), (960, 540)), ((720, 1280), (360, 640)), ((1280, 720), (640, 360)),
+     ((640, 360), (640, 360)), ((176, 144), (176, 144)), ((3840, 2160), (960, 540))],
+)
+def test_detect_size_default_rule(size, expected):
+    assert video.detect_size(*size, VideoConfig()) == expected
+
+
 @pytest.mark.parametrize(("rotation", "turns"), [(0, 0), (90, 1), (-90, 3), (180, 2), (-180, 2), (270, 3)])
 def test_rotation_turns(rotation, turns):
     assert video.rotation_turns(rotation) == turns

@@ -88,9 +88,14 @@ def upright_to_stored(boxes: np.ndarray, turns: int, width: int, height: int) ->
     return out.astype(np.float32)
 
 
-def detect_size(width: int, height: int, max_side: int) -> tuple[int, int]:
-    """Size of the (stored-orientation) image given to the detector: long side <= max_side."""
-    scale = min(1.0, max_side / max(width, height)) if max_side > 0 else 1.0
+def detect_size(width: int, height: int, vcfg) -> tuple[int, int]:
+    """Size of the (stored-orientation) image given to the detector: its long side is
+    `detect_scale` x the frame's, clamped to [detect_min_side, detect_max_side], and never
+    more than the frame's own (no upscaling)."""
+    long_side = max(width, height)
+    target = long_side * float(vcfg.detect_scale)
+    target = min(float(vcfg.detect_max_side), max(float(vcfg.detect_min_side), target))
+    scale = min(1.0, target / long_side)
     return max(2, int(round(width * scale))), max(2, int(round(height * scale)))
 
 
@@ -325,7 +330,7 @@ def _run(inp, out_path: str, kind: str, muxer: str, fdet: FrameDetector, params:
         stats["last_pts"] = pts
         small = None
         if index % every == 0:
-            sw, sh = detect_size(fr.width, fr.height, vcfg.detect_max_side)
+            sw, sh = detect_size(fr.width, fr.height, vcfg)
             small = fr.reformat(width=sw, height=sh, format="rgb24", interpolation="AREA").to_ndarray()
             if stats["turns"]:
                 small = np.ascontiguousarray(np.rot90(small, stats["turns"]))
