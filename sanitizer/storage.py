@@ -8,6 +8,7 @@ checked so that no key can escape its root.
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import os
 import posixpath
@@ -86,7 +87,7 @@ S3FS_RETRIES = 2
 S3_CONFIG_DEFAULTS: dict[str, Any] = {
     "connect_timeout": 5,
     "read_timeout": 10,
-    "retries": {"max_attempts": 3, "mode": "standard"},
+    "retries": {"total_max_attempts": 3, "mode": "standard"},  # 3 requests in all
     "request_checksum_calculation": "when_required",
     "response_checksum_validation": "when_required",
 }
@@ -100,11 +101,11 @@ _S3_CONFIG_ENV = {  # botocore also reads these; an explicit environment setting
 def s3_options(storage_options: dict[str, Any]) -> dict[str, Any]:
     """`storage_options` with sanitizer's botocore defaults under `config_kwargs`;
     values the user gave (in the options or in the AWS_* environment) win."""
-    options = dict(storage_options)
-    config = dict(options.get("config_kwargs") or {})
+    options = copy.deepcopy(storage_options)  # botocore rewrites a `retries` dict in place
+    config = options.get("config_kwargs") or {}
     for name, value in S3_CONFIG_DEFAULTS.items():
         if name not in config and not os.environ.get(_S3_CONFIG_ENV.get(name, "")):
-            config[name] = value
+            config[name] = copy.deepcopy(value)
     options["config_kwargs"] = config
     return options
 
@@ -156,6 +157,7 @@ def walk(loc: Location, include_hidden: bool = False) -> Iterator[tuple[str, int
     """Yield (key, size) of every file under the root, sorted by key."""
     fs = loc.fs
     try:
+        fs.invalidate_cache()  # a cached filesystem instance must not answer from an old listing
         if not fs.exists(loc.root):
             raise StorageError(f"{loc.url}: no such file or folder")
         if fs.isfile(loc.root):
@@ -312,6 +314,7 @@ def list_prefix(loc: Location, key: str) -> list[str]:
     """Keys of files below `key` (for reading back audit parts)."""
     base = loc.path(key)
     try:
+        loc.fs.invalidate_cache()  # parts written since an earlier listing in this process
         if not loc.fs.exists(base):
             return []
         paths = loc.fs.find(base)

@@ -61,7 +61,7 @@ def read_audit(table: str, dst: str, server: S3Server | None) -> pd.DataFrame:
     """What a compliance officer does: pandas straight on the audit folder."""
     opts = None
     if dst.startswith("s3://"):
-        opts = {**server.storage_options, "config_kwargs": {
+        opts = {**server.storage_options, "skip_instance_cache": True, "config_kwargs": {
             "request_checksum_calculation": "when_required",
             "response_checksum_validation": "when_required"}}
     return pd.read_parquet(f"{dst}/_audit/{table}", storage_options=opts)
@@ -108,6 +108,15 @@ def test_s3_to_s3_with_aws_environment(s3_server: S3Server, bucket: str) -> None
     assert "truncated" in files.loc[files.key == "broken.jpg", "error"].iloc[0].lower()
     # originals untouched
     assert {k: fs.cat(f"{bucket}/in/{k}") for k in src_files} == src_files
+
+    # a nightly rerun reads the audit back from the bucket and skips what is published unchanged
+    published = {k: fs.cat(f"{bucket}/out/{k}") for k in MEDIA}
+    again = run_cli("run", src, dst, "--workers", "1", env=s3_server.env(), timeout=300)
+    assert again.returncode == 1, again.stdout + again.stderr  # broken.jpg still fails
+    files = read_audit("files", dst, s3_server)
+    last = files[files.run_id == files.run_id.max()].set_index("key")
+    assert all(last.loc[k, "error"].startswith("unchanged") for k in MEDIA)
+    assert {k: fs.cat(f"{bucket}/out/{k}") for k in MEDIA} == published
 
 
 def test_local_to_s3_with_config_credentials(s3_server: S3Server, bucket: str, tmp_path: Path) -> None:  # noqa: F811
@@ -195,3 +204,20 @@ def test_storage_errors_are_one_line(case: str, expect: str, s3_server: S3Server
     assert not fs.exists(f"{bucket}/out/astronaut.jpg")
     if case == "missing destination bucket":
         assert "no-such-bucket-here" not in fs.ls("")  # not created behind the user's back
+
+
+def test_listing_sees_new_objects_in_a_long_lived_process(s3_server: S3Server, bucket: str) -> None:  # noqa: F811
+    """A notebook or a long-lived worker reuses fsspec's cached filesystem instance: a second
+    listing must not answer from the first one's directory cache."""
+    from sanitizer import storage
+
+    loc = storage.location(f"s3://{bucket}/in", s3_server.storage_options)
+    s3_server.fs().pipe(f"{bucket}/in/a.txt", b"a")
+    assert [k for k, _ in storage.walk(loc)] == ["a.txt"]
+    s3_server.fs().pipe(f"{bucket}/in/sub/b.txt", b"b")
+    again = storage.location(f"s3://{bucket}/in", s3_server.storage_options)
+    assert again.fs is loc.fs  # the cached instance, as in a second run in the same process
+    assert s3_server.storage_options == {"key": s3_server.key, "secret": s3_server.secret,
+                                         "endpoint_url": s3_server.endpoint}
+    assert [k for k, _ in storage.walk(again)] == ["a.txt", "sub/b.txt"]
+    assert storage.list_prefix(again, "sub") == ["sub/b.txt"]
