@@ -268,6 +268,73 @@ def audit(
         out.print(f"  failed: {r['key']}: {r['error']}", highlight=False, soft_wrap=True)
 
 
+@app.command("eval")
+def eval_cmd(
+    gt: Annotated[Path, typer.Argument(help="Ground truth: faces_dev.json-style JSON, or a WIDER FACE *_bbx_gt.txt file.")],
+    images_root: Annotated[str, typer.Argument(help="Folder (or URL) the ground-truth file paths are relative to.")],
+    config: ConfigOpt = None,
+    detector: DetectorOpt = None,
+    threshold: ThresholdOpt = None,
+    method: MethodOpt = None,
+    shape: ShapeOpt = None,
+    margin: MarginOpt = None,
+    target_recall: Annotated[float | None, typer.Option("--target-recall", help="Also find the threshold whose redaction coverage reaches this share (e.g. 0.99) on the set, and report precision there.")] = None,
+    target_bucket: Annotated[str, typer.Option("--target-bucket", help="Faces the --target-recall applies to: <16, 16-32, 32-64, >=64, >=16 or all.")] = ">=16",
+    limit: Annotated[int | None, typer.Option("--limit", help="Evaluate only the first N images of the ground truth.")] = None,
+    output: Annotated[Path | None, typer.Option("--out", "-o", help="Write the report: .json (everything, with per-face rows) or .parquet (the per-size table).")] = None,
+) -> None:
+    """Measure detection recall/precision and redaction coverage on a labelled photo set."""
+    from sanitizer import evaluate as ev
+
+    try:
+        cfg = load_config(config, detector=detector, threshold=threshold, method=method, shape=shape, margin=margin)
+        truth = ev.load_ground_truth(gt)
+        progress = _progress()
+        n_items = min(len(truth), limit) if limit else len(truth)
+        task = progress.add_task("evaluating", total=n_items)
+        with progress:
+            report = ev.evaluate(truth, images_root, cfg, target_recall=target_recall, target_bucket=target_bucket,
+                                 limit=limit, on_image=lambda done, total: progress.update(task, completed=done))
+        if output is not None:
+            ev.write_report(report, str(output))
+    except SanitizerError as exc:
+        raise _fail(exc) from None
+    except OSError as exc:
+        raise _fail(f"cannot write {output}: {exc}") from None
+    d = cfg.detect
+    title = (f"{d.detector} threshold {d.threshold:g}" + (f", upscale {d.upscale:g}x@{d.upscale_threshold:g}" if d.detector == "centerface" and d.upscale > 1 else "")
+             + (", flip" if d.detector == "centerface" and d.hflip else "") + f"; mask {cfg.redact.shape} x{cfg.redact.margin:g}")
+    table = Table(*ev.TABLE_HEADER, title=f"{report.n_images} images ({title})")
+    for row in ev.report_table(report):
+        table.add_row(*row)
+    out.print(table)
+    neg = report.negatives_masked_share
+    out.print(f"coverage = faces with >= {int(ev.PROTECTED_AT * 100)}% of their inscribed ellipse under the redaction mask")
+    out.print(f"face-free images: {report.n_negative}, masked share {'-' if neg is None else f'{100 * neg:.3f}%'}")
+    out.print(f"speed: {report.images_per_s:.2f} images/s (decode + detect + mask, one process, {d.threads} thread(s))")
+    for key, reason in report.failed:
+        err.print(f"  failed: {key}: {reason}", highlight=False, soft_wrap=True)
+    cal = report.calibration
+    if cal is not None:
+        if "error" in cal:
+            out.print(f"calibration: {cal['error']}")
+        elif cal["reached"]:
+            at = cal["at"]
+            prec = at["precision@0.5"]
+            neg_at = at["negatives_masked_share"]
+            out.print(f"calibration: coverage {100 * at['coverage']:.1f}% >= target {100 * cal['target']:g}% of {cal['bucket']} px faces "
+                      f"at threshold {at['threshold']:g} (upscaled passes {at['upscale_threshold']:g}, thresholds shifted by {at['delta']:+.2f}); "
+                      f"precision@0.5 {'-' if prec is None else f'{100 * prec:.1f}%'}, face-free masked "
+                      f"{'-' if neg_at is None else f'{100 * neg_at:.3f}%'}", highlight=False)
+        else:
+            out.print(f"calibration: target {100 * cal['target']:g}% of {cal['bucket']} px faces not reached at any threshold down to "
+                      f"{cfg.detect.threshold - ev.SLACK:.2f} (best {100 * cal['best_coverage']:.1f}%)", highlight=False)
+    if output is not None:
+        out.print(f"report: {output}")
+    if report.failed:
+        raise typer.Exit(EXIT_FAILED_FILES)
+
+
 def main() -> None:
     try:
         app()

@@ -9,6 +9,7 @@ dynamic in memory, and the ~194 initializers it also lists as graph inputs are r
 from __future__ import annotations
 
 import hashlib
+import math
 import threading
 from dataclasses import dataclass
 from functools import cache
@@ -18,7 +19,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from sanitizer.detect import nms
+from sanitizer.detect import iou_matrix, nms
 from sanitizer.errors import DetectorError
 from sanitizer.records import Detections
 
@@ -92,10 +93,39 @@ def decode(heatmap: np.ndarray, scale: np.ndarray, offset: np.ndarray, threshold
 
 @dataclass(frozen=True, slots=True)
 class Pass:
-    """One inference pass: resize the image by `scale`, keep scores >= `threshold`."""
+    """One inference pass: resize by `scale` (optionally mirrored), keep scores >= `threshold`."""
 
+    name: str
     scale: float
     threshold: float
+    flip: bool = False
+    tiled: bool = False
+    max_face: float = math.inf  # px in the original image; larger boxes are another pass's job
+
+
+@dataclass(slots=True)
+class Candidates:
+    """Raw detections of all passes before thresholding and NMS (for calibration and audit).
+
+    `need[i]` is the score threshold of the pass that produced box i, `source[i]` its index in
+    `passes`. `select(delta)` applies every pass's threshold shifted by `delta` and merges.
+    """
+
+    dets: Detections
+    need: np.ndarray
+    source: np.ndarray
+    passes: list[Pass]
+
+
+VOTE_IOU = 0.3
+FLOOR = 0.02  # lowest score ever decoded
+
+
+def _sides(boxes: np.ndarray) -> np.ndarray:
+    """sqrt(w * h) of (n, 4) x1, y1, x2, y2 boxes."""
+    if len(boxes) == 0:
+        return np.zeros(0, np.float32)
+    return np.sqrt(np.maximum(0, np.prod(boxes[:, 2:] - boxes[:, :2], axis=1)))
 
 
 class CenterFaceDetector:
@@ -107,10 +137,17 @@ class CenterFaceDetector:
         upscale: float = 2.0,
         upscale_below: int = 1100,
         upscale_threshold: float = 0.35,
+        upscale_max_face: float = 64,
         tile_above: int = 2400,
         tile_size: int = 1280,
         tile_overlap: int = 160,
         hflip: bool = False,
+        vote_threshold: float = 0.0,
+        vote_passes: int = 3,
+        rescan_small: int = 0,
+        rescan_small_side: int = 24,
+        rescan_scale: float = 3.0,
+        rescan_threshold: float = 0.5,
         nms_iou: float = 0.3,
         min_face: int = 4,
         max_side: int = 1920,
@@ -123,10 +160,17 @@ class CenterFaceDetector:
         self.upscale = upscale
         self.upscale_below = upscale_below
         self.upscale_threshold = upscale_threshold
+        self.upscale_max_face = upscale_max_face
         self.tile_above = tile_above
         self.tile_size = tile_size
         self.tile_overlap = tile_overlap
         self.hflip = hflip
+        self.vote_threshold = vote_threshold
+        self.vote_passes = vote_passes
+        self.rescan_small = rescan_small
+        self.rescan_small_side = rescan_small_side
+        self.rescan_scale = rescan_scale
+        self.rescan_threshold = rescan_threshold
         self.nms_iou = nms_iou
         self.min_face = min_face
         self.max_side = max_side
@@ -135,20 +179,12 @@ class CenterFaceDetector:
 
     @classmethod
     def from_config(cls, cfg) -> CenterFaceDetector:
-        return cls(
-            threshold=cfg.threshold,
-            upscale=cfg.upscale,
-            upscale_below=cfg.upscale_below,
-            upscale_threshold=cfg.upscale_threshold,
-            tile_above=cfg.tile_above,
-            tile_size=cfg.tile_size,
-            tile_overlap=cfg.tile_overlap,
-            hflip=cfg.hflip,
-            nms_iou=cfg.nms_iou,
-            min_face=cfg.min_face,
-            max_side=cfg.max_side,
-            threads=cfg.threads,
+        names = (
+            "threshold", "upscale", "upscale_below", "upscale_threshold", "upscale_max_face", "tile_above",
+            "tile_size", "tile_overlap", "hflip", "vote_threshold", "vote_passes", "rescan_small", "rescan_small_side", "rescan_scale",
+            "rescan_threshold", "nms_iou", "min_face", "max_side", "threads",
         )
+        return cls(**{n: getattr(cfg, n) for n in names})
 
     def _session(self):
         return _session(self.path, self.threads, threading.get_ident())
@@ -178,6 +214,8 @@ class CenterFaceDetector:
         return Detections(dets.boxes / np.array([size[0] / w, size[1] / h] * 2, np.float32), dets.scores)
 
     def _tiled(self, image: np.ndarray, threshold: float) -> Detections:
+        """Native-resolution overlapping tiles (faces cut by a tile edge are found whole in
+        the neighbouring tile as long as they are smaller than the overlap)."""
         h, w = image.shape[:2]
         step = max(32, self.tile_size - self.tile_overlap)
         parts = []
@@ -191,29 +229,87 @@ class CenterFaceDetector:
         return Detections.merge(parts)
 
     def passes(self, height: int, width: int) -> list[Pass]:
-        """The scale passes used for an image of this size."""
+        """The passes always run on an image of this size (the rescan pass is decided later)."""
         long_side = max(height, width)
         base = min(1.0, self.max_side / long_side)
-        out = [Pass(base, self.threshold)]
+        out = [Pass("1x" if base == 1.0 else f"{base:.2f}x", base, self.threshold)]
         if self.upscale > 1 and long_side < self.upscale_below:
-            out.append(Pass(self.upscale, self.upscale_threshold))
+            out.append(Pass(f"{self.upscale:g}x", self.upscale, self.upscale_threshold,
+                            max_face=self.upscale_max_face or math.inf))
+        if long_side > self.tile_above:
+            out.append(Pass("tiles", 1.0, self.threshold, tiled=True))
+        if self.hflip:
+            # mirror the native pass only: a cheap second opinion with independent errors
+            out += [Pass(p.name + "+flip", p.scale, p.threshold, flip=True) for p in out[:1]]
         return out
 
-    def detect(self, image: np.ndarray) -> Detections:
+    def _run(self, image: np.ndarray, p: Pass, threshold: float) -> Detections:
+        if p.tiled:
+            d = self._tiled(image, threshold)
+        elif not p.flip:
+            d = self._at_scale(image, p.scale, threshold)
+        else:
+            w = image.shape[1]
+            d = self._at_scale(np.ascontiguousarray(image[:, ::-1]), p.scale, threshold)
+            if len(d):
+                d.boxes[:, [0, 2]] = w - d.boxes[:, [2, 0]]
+        if len(d) and math.isfinite(p.max_face):
+            d = d[_sides(d.boxes) < p.max_face]
+        return d
+
+    def _floor(self, p: Pass, slack: float) -> float:
+        low = min(p.threshold, self.vote_threshold) if self.vote_threshold > 0 else p.threshold
+        return max(FLOOR, low - slack)
+
+    def candidates(self, image: np.ndarray, slack: float = 0.0) -> Candidates:
+        """Every pass's raw boxes with scores >= (its threshold - `slack`), before NMS."""
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
             raise ValueError(f"expected an HxWx3 uint8 RGB image, got {image.shape} {image.dtype}")
         h, w = image.shape[:2]
-        parts = [self._at_scale(image, p.scale, p.threshold) for p in self.passes(h, w)]
-        if max(h, w) > self.tile_above:
-            parts.append(self._tiled(image, self.threshold))
-        if self.hflip:
-            flipped = np.ascontiguousarray(image[:, ::-1])
-            for p in self.passes(h, w):
-                d = self._at_scale(flipped, p.scale, p.threshold)
-                if len(d):
-                    d.boxes[:, [0, 2]] = w - d.boxes[:, [2, 0]]
-                    parts.append(d)
-        return self._finish(Detections.merge(parts))
+        passes = self.passes(h, w)
+        parts = [self._run(image, p, self._floor(p, slack)) for p in passes]
+        if self.rescan_small > 0 and self.rescan_scale > 1 and max(h, w) * self.rescan_scale <= 2 * self.max_side:
+            # second opinion for crowds: many small confirmed faces → look again at a larger scale
+            found = self._finish(Detections.merge(
+                [d[d.scores >= p.threshold] for p, d in zip(passes, parts, strict=True)]))
+            if int((_sides(found.boxes) < self.rescan_small_side).sum()) >= self.rescan_small:
+                p = Pass(f"{self.rescan_scale:g}x-rescan", self.rescan_scale, self.rescan_threshold,
+                         max_face=self.rescan_small_side * 2)
+                passes.append(p)
+                parts.append(self._run(image, p, self._floor(p, slack)))
+        need = np.concatenate([np.full(len(d), p.threshold, np.float32) for p, d in zip(passes, parts, strict=True)])
+        source = np.concatenate([np.full(len(d), i, np.int16) for i, d in enumerate(parts)])
+        return Candidates(Detections.merge(parts), need, source, passes)
+
+    def select(self, cands: Candidates, delta: float = 0.0) -> Detections:
+        """Keep boxes scoring at least their pass's threshold + `delta`, and weaker boxes
+        (>= vote_threshold + delta) that every one of `vote_passes` passes found (IoU >= 0.3);
+        drop tiny ones; NMS. `delta` shifts every threshold (calibration)."""
+        d = cands.dets
+        if not len(d):
+            return Detections.empty()
+        keep = d.scores >= cands.need + delta
+        n_pass = len(cands.passes)
+        if self.vote_threshold > 0 and self.vote_passes >= 2 and n_pass >= self.vote_passes:
+            low = d.scores >= max(FLOOR, self.vote_threshold + delta)
+            # one representative per face and pass (per-pass NMS), then count agreeing passes
+            reps = []
+            for s in range(n_pass):
+                idx = np.nonzero(low & (cands.source == s))[0]
+                reps.append(idx[nms(d.boxes[idx], d.scores[idx], self.nms_iou)] if idx.size else idx)
+            for s, idx in enumerate(reps):
+                weak = idx[~keep[idx]]
+                if not weak.size:
+                    continue
+                support = np.zeros(weak.size, np.int64)
+                for t, other in enumerate(reps):
+                    if t != s and other.size:
+                        support += iou_matrix(d.boxes[weak], d.boxes[other]).max(1) >= VOTE_IOU
+                keep[weak[support >= self.vote_passes - 1]] = True
+        return self._finish(d[keep])
+
+    def detect(self, image: np.ndarray) -> Detections:
+        return self.select(self.candidates(image))
 
     def _finish(self, dets: Detections) -> Detections:
         if not len(dets):
