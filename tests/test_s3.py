@@ -221,3 +221,37 @@ def test_listing_sees_new_objects_in_a_long_lived_process(s3_server: S3Server, b
                                          "endpoint_url": s3_server.endpoint}
     assert [k for k, _ in storage.walk(again)] == ["a.txt", "sub/b.txt"]
     assert storage.list_prefix(again, "sub") == ["sub/b.txt"]
+
+
+def small_clip(frames: int = 12) -> bytes:
+    """A short H.264 MP4 of the astronaut (videos go through local_copy/put_file, not
+    read_bytes/put_bytes like images)."""
+    import av
+
+    face = np.ascontiguousarray(astronaut()[::2, ::2])  # 256x256
+    buf = io.BytesIO()
+    with av.open(buf, "w", format="mp4") as out:
+        stream = out.add_stream("libx264", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 256, 256, "yuv420p"
+        for _ in range(frames):
+            out.mux(stream.encode(av.VideoFrame.from_ndarray(face, format="rgb24")))
+        out.mux(stream.encode(None))
+    return buf.getvalue()
+
+
+def test_video_through_s3(s3_server: S3Server, bucket: str) -> None:  # noqa: F811
+    import av
+
+    fs = s3_server.fs()
+    clip = small_clip()
+    fs.pipe(f"{bucket}/in/clips/face.mp4", clip)
+    dst = f"s3://{bucket}/out"
+
+    res = run_cli("run", f"s3://{bucket}/in", dst, "--workers", "1", env=s3_server.env(), timeout=300)
+
+    assert res.returncode == 0, res.stdout + res.stderr
+    files = read_audit("files", dst, s3_server)
+    assert files[["key", "kind", "status"]].values.tolist() == [["clips/face.mp4", "video", "ok"]]
+    with av.open(io.BytesIO(fs.cat(f"{bucket}/out/clips/face.mp4"))) as c:
+        assert sum(1 for _ in c.decode(video=0)) == 12
+    assert fs.cat(f"{bucket}/in/clips/face.mp4") == clip
