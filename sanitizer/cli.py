@@ -236,13 +236,14 @@ def audit(
     dst: Annotated[str, typer.Argument(help="A DST folder/URL written by `sanitizer run`.")],
     run_id: Annotated[str | None, typer.Option("--run", help="Run id (default: the latest run).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the run record and counts as JSON.")] = False,
+    config: ConfigOpt = None,
 ) -> None:
     """Summarise the audit of a DST: the run record, counts by status, failures."""
     from sanitizer import audit as audit_mod
     from sanitizer import storage
 
     try:
-        loc = storage.location(dst)
+        loc = storage.location(dst, load_config(config).output.storage_options)
         rid = run_id or audit_mod.latest_run_id(loc)
         if rid is None:
             raise SanitizerError(f"{dst}: no audit found under _audit/runs")

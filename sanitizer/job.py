@@ -168,9 +168,16 @@ def run(p: Plan, cfg: Config, on_event: Event = _noop) -> Summary:
     except KeyboardInterrupt:
         status = "interrupted"
         raise
+    except BaseException:  # the cluster could not be reached, the audit could not be written...
+        status = "error"
+        raise
     finally:
         summary.seconds = time.time() - started
-        _write_run(p, cfg, detector, summary, started, status)
+        try:
+            _write_run(p, cfg, detector, summary, started, status)
+        except StorageError:
+            if status == "complete":
+                raise  # otherwise the original error is the one to report
     return summary
 
 
