@@ -243,21 +243,37 @@ def map_shards(
         futures[fut] = items
         return fut
 
+    def reason(exc: BaseException) -> str:
+        text = " ".join(str(exc).split())[:300] or type(exc).__name__
+        return f"worker task failed: {type(exc).__name__}: {text}"
+
+    suspects: list[MediaItem] = []
     pending = as_completed([submit(s, cfg.execution.retries) for s in shards])
     try:
         for fut in pending:
             items = futures.pop(fut)
             try:
                 results = fut.result()
-            except Exception as exc:  # noqa: BLE001 - a worker died or the task raised: keep going
+            except Exception:  # noqa: BLE001 - a worker died or the task raised: keep going
                 if len(items) > 1:
                     for item in items:
                         pending.add(submit([item], 0))
                 else:
-                    reason = " ".join(str(exc).split())[:300] or type(exc).__name__
-                    on_shard(items, None, f"worker task failed: {type(exc).__name__}: {reason}")
+                    suspects += items  # maybe only queued beside the real culprit: see below
             else:
                 on_shard(items, results, "")
+            fut.release()
+        # A worker death is blamed on every task queued on that worker, so single files that
+        # failed are tried once more, one at a time, where a failure can only be their own.
+        for item in suspects:
+            fut = submit([item], 0)
+            try:
+                results = fut.result()
+            except Exception as exc:  # noqa: BLE001
+                on_shard([item], None, reason(exc))
+            else:
+                on_shard([item], results, "")
+            futures.pop(fut, None)
             fut.release()
     finally:
         for fut in futures:
