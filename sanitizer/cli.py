@@ -336,6 +336,50 @@ def eval_cmd(
         raise typer.Exit(EXIT_FAILED_FILES)
 
 
+@app.command("verify")
+def verify_cmd(
+    dst: Annotated[str, typer.Argument(help="A DST folder/URL written by `sanitizer run`.")],
+    config: ConfigOpt = None,
+    detector: DetectorOpt = None,
+    threshold: Annotated[float | None, typer.Option("--threshold", help="Native-pass threshold of the re-scan (default: the run's minus 0.05); the other passes move by the same amount.")] = None,
+    max_residual: Annotated[int, typer.Option("--max-residual", help="Exit 1 when more residual faces than this are found.")] = 0,
+    fail_score: Annotated[float, typer.Option("--fail-score", help="Residual detections scoring at least this count as faces left (weaker ones are listed as suspects).")] = 0.6,
+    video_frames: Annotated[int, typer.Option("--video-frames", help="Frames sampled per video.")] = 16,
+) -> None:
+    """Re-scan published outputs for faces left unredacted; write DST/_audit/verify; exit 1 above the limit."""
+    from sanitizer.verify import verify
+
+    try:
+        cfg = load_config(config, detector=detector)
+        progress = _progress()
+        task = progress.add_task("verifying", total=None)
+        with progress:
+            rep = verify(dst, cfg, threshold=threshold, video_frames=video_frames, fail_score=fail_score,
+                         on_file=lambda done, total: progress.update(task, completed=done, total=total))
+    except SanitizerError as exc:
+        raise _fail(exc) from None
+    out.print(f"verify {rep.verify_id}: {rep.n_files} files ({rep.n_frames} frames) re-scanned at threshold "
+              f"{rep.threshold:g} (the run detected at {rep.run_threshold:g}) in {rep.seconds:.1f}s", highlight=False)
+    out.print(f"  residual detections outside redacted areas: {rep.n_residual} "
+              f"({rep.n_residual_confident} scoring >= {rep.fail_score:g}: faces left; the rest are suspects in the table)")
+    out.print(f"  redacted faces found again: {rep.n_redacted_redetected} "
+              f"({rep.n_redacted_at_run_threshold} at or above the detection threshold); mask-edge artefacts: {rep.n_mask_edge}")
+    for key in rep.modified:
+        out.print(f"  modified after the run (sha256 differs from the audit): {key}", highlight=False)
+    for key in rep.files_with_residuals[:20]:
+        out.print(f"  residual: {key}", highlight=False)
+    if len(rep.files_with_residuals) > 20:
+        out.print(f"  … and {len(rep.files_with_residuals) - 20} more files")
+    for key, reason in rep.errors:
+        err.print(f"  error: {key}: {reason}", highlight=False, soft_wrap=True)
+    out.print(f"audit: {rep.audit_uri}/verify")
+    if rep.residual_faces > max_residual or rep.errors:
+        err.print(f"[bold red]verify failed:[/] {rep.residual_faces} residual face(s) (limit {max_residual})"
+                  + (f", {len(rep.errors)} unreadable output(s)" if rep.errors else ""), highlight=False)
+        raise typer.Exit(EXIT_FAILED_FILES)
+    out.print(f"verify passed: {rep.residual_faces} residual face(s) (limit {max_residual})")
+
+
 def main() -> None:
     try:
         app()

@@ -234,14 +234,17 @@ MANIFEST_SCHEMA = pa.schema(
 VERIFY_SCHEMA = pa.schema(
     [
         ("schema_version", pa.int16()),
-        ("run_id", pa.string()),
+        ("run_id", pa.string()),  # the verify pass (not the run that wrote the outputs)
+        ("checked_run_id", pa.string()),  # the run whose outputs were checked ("" if unknown)
         ("key", pa.string()),
-        ("frame", pa.int64()),
+        ("status", pa.string()),  # residual | redacted | clean | error (one row per file when no box)
+        ("frame", pa.int64()),  # -1 on per-file rows
         ("x", pa.float32()),
         ("y", pa.float32()),
         ("w", pa.float32()),
         ("h", pa.float32()),
         ("score", pa.float32()),
+        ("threshold", pa.float32()),  # native-pass threshold of the verify scan
         ("error", pa.string()),
     ],
     metadata=_meta("verify"),
