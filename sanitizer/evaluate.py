@@ -93,7 +93,10 @@ def parse_wider_gt(text: str, where: str = "ground truth") -> list[GTImage]:
             n = int(lines[i])
             i += 1
             boxes = []
-            for ln in lines[i : i + max(n, 1 if n == 0 else n)]:
+            block = lines[i : i + max(n, 1)]
+            if n < 0 or len(block) < max(n, 1):
+                raise ValueError(f"{name}: {n} boxes announced, {len(block)} lines follow")
+            for ln in block:
                 vals = [float(v) for v in ln.split()]
                 if len(vals) < 4:
                     raise ValueError(f"short box line {ln!r}")
