@@ -85,9 +85,12 @@ def run_sanitizer(clip: Path, work: Path, cfg_overrides: dict, method: str, work
     cfg_file.write_text(yaml.safe_dump(cfg_overrides or {}))
     cmd = [sys.executable, "-m", "sanitizer", "run", str(src), str(dst), "--method", method,
            "--workers", str(workers), "--config", str(cfg_file)]
+    ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     t = time.perf_counter()
     r = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
     wall = time.perf_counter() - t
+    ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
     if r.returncode != 0:
         raise SystemExit(f"sanitizer run failed ({r.returncode}):\n{r.stderr[-3000:]}")
     import pyarrow.parquet as pq
@@ -97,7 +100,7 @@ def run_sanitizer(clip: Path, work: Path, cfg_overrides: dict, method: str, work
     if row.status != "ok":
         raise SystemExit(f"sanitizer failed on the clip: {row.error}")
     return dict(wall=wall, file_s=row.duration_ms / 1000, out=dst / clip.name, frames=int(row.frames),
-                rss_mb=peak_child_rss_mb())
+                rss_mb=peak_child_rss_mb(), cores=cpu / wall)
 
 
 def run_decode_encode(clip: Path, work: Path, cfg: Config) -> dict:
@@ -163,9 +166,11 @@ def main() -> int:
         (work / "b").mkdir()
         (work / "c").mkdir()
         s = run_sanitizer(clip, work / "a", ov, method, a.workers)
-        result.update(run_fps=frames / s["wall"], file_fps=frames / s["file_s"], peak_rss_mb=s["rss_mb"])
+        result.update(run_fps=frames / s["wall"], file_fps=frames / s["file_s"], peak_rss_mb=s["rss_mb"],
+                      cores_busy=s["cores"])
         print(f"(a) sanitizer run : {s['wall']:6.1f} s  {frames / s['wall']:6.1f} fps whole run, "
-              f"{frames / s['file_s']:6.1f} fps per file (video.sanitize); peak RSS {s['rss_mb']:.0f} MB")
+              f"{frames / s['file_s']:6.1f} fps per file (video.sanitize); peak RSS {s['rss_mb']:.0f} MB; "
+              f"{s['cores']:.2f} cores busy on average")
         de = run_decode_encode(clip, work / "b", from_dict(ov, Config()))
         result.update(dec_enc_fps=frames / de["wall"])
         print(f"(b) decode+encode : {de['wall']:6.1f} s  {frames / de['wall']:6.1f} fps "
