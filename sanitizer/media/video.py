@@ -13,7 +13,7 @@ Output: same container, H.264 yuv420p (VP9 for WebM); every frame keeps its time
 input's time base, so frame count, rate and duration match; the display rotation is written
 back as a display matrix; the first audio stream is copied packet for packet (re-encoded
 only if the container cannot hold its codec); subtitles, data, attachments, chapters and
-every container/stream metadata tag are dropped.
+every container/stream metadata tag are dropped, and so is cover art.
 
 Fail closed: any error raises DecodeError/EncodeError and the caller publishes nothing.
 Packets the decoder rejects are counted in `dropped_packets` (together with frames the
@@ -254,9 +254,12 @@ def _reason(exc: BaseException) -> str:
 
 
 def _run(inp, out_path: str, kind: str, muxer: str, fdet: FrameDetector, params: RedactParams, vcfg) -> VideoOutcome:
-    if not inp.streams.video:
+    # cover art (an attached picture) is a video stream too: it is neither scanned nor kept
+    still = av.stream.Disposition.attached_pic
+    videos = [s for s in inp.streams.video if not s.disposition & still]
+    if not videos:
         raise DecodeError("no video stream")
-    vin = inp.streams.video[0]
+    vin = videos[0]
     ain = inp.streams.audio[0] if inp.streams.audio else None
     vin.thread_type = "AUTO"
     if vcfg.threads:
