@@ -82,7 +82,7 @@ DetectorOpt = Annotated[str | None, typer.Option("--detector", help="Face detect
 MethodOpt = Annotated[str | None, typer.Option("--method", help="Redaction: gaussian (default), pixelate or solid.")]
 ShapeOpt = Annotated[str | None, typer.Option("--shape", help="Mask shape: ellipse (default) or box.")]
 ThresholdOpt = Annotated[float | None, typer.Option("--threshold", help="Detection score threshold at native scale (default 0.2, chosen for recall).")]
-MarginOpt = Annotated[float | None, typer.Option("--margin", help="Mask size as a multiple of the face box (default 1.3).")]
+MarginOpt = Annotated[float | None, typer.Option("--margin", help="Mask size as a multiple of the face box (default 1.5).")]
 WorkersOpt = Annotated[int | None, typer.Option("--workers", help="Worker processes of the embedded Dask cluster (default: one per core).")]
 SchedulerOpt = Annotated[str | None, typer.Option("--scheduler", help="Address of an existing Dask scheduler, e.g. tcp://host:8786 (default: embedded LocalCluster).")]
 
