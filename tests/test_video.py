@@ -46,6 +46,17 @@ class FakeDetector:
         return Detections(np.array([box], np.float32), np.array([0.9], np.float32))
 
 
+class FakeRawDetector(FakeDetector):
+    """Looks like CenterFace (`infer` + `threshold`), so video runs it on parallel threads."""
+
+    threshold = 0.5
+    min_face = 2
+    nms_iou = 0.3
+
+    def infer(self, image: np.ndarray, threshold: float):
+        return self.detect(image)
+
+
 class BrokenDetector(FakeDetector):
     def detect(self, image):
         if self.calls >= 5:
@@ -179,6 +190,15 @@ def test_detect_every_k_frames_covers_the_frames_in_between(tmp_path):
     assert sum(bool(d[4][0]) for d in res.detections) == 10 and len(res.detections) == 30
 
 
+def test_parallel_detection_threads_keep_frame_order(tmp_path):
+    src = make_clip(tmp_path / "in.mp4", frames=40, audio=None)
+    det = FakeRawDetector()
+    res = sanitize(src, tmp_path / "out.mp4", det, "mp4", detect_every=1, detect_threads=2)
+    assert det.calls == 40 and [d[0] for d in res.detections] == list(range(40))
+    m = upright_face_mask(96, 160, 0)
+    assert all(a[m].max() <= 24 for a in frames_rgb(tmp_path / "out.mp4"))
+
+
 def test_timing_audio_and_no_tags_kept(tmp_path):
     meta = {"title": "holiday", "location": "+48.8584+002.2945/", "make": "Apple", "model": "iPhone 15 Pro",
             "com.apple.quicktime.location.ISO6709": "+48.8584+002.2945+035.000/",
@@ -298,11 +318,19 @@ def test_truncated_faststart_is_complete_or_fails(tmp_path):
     assert all(a[m].max() <= 24 for a in outs)
 
 
-def test_detector_failure_leaves_no_output(tmp_path):
+class BrokenRawDetector(FakeRawDetector):
+    def infer(self, image, threshold):
+        if self.calls >= 5:
+            raise RuntimeError("inference failed")
+        return super().infer(image, threshold)
+
+
+@pytest.mark.parametrize("broken", [BrokenDetector, BrokenRawDetector])
+def test_detector_failure_leaves_no_output(tmp_path, broken):
     src = make_clip(tmp_path / "in.mp4", frames=30)
     out = tmp_path / "out.mp4"
     with pytest.raises(RuntimeError, match="inference failed"):
-        sanitize(src, out, BrokenDetector(), "mp4")
+        sanitize(src, out, broken(), "mp4", detect_threads=2)
     assert not out.exists()
 
 

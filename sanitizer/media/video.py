@@ -27,6 +27,8 @@ import contextlib
 import os
 import queue
 import threading
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from fractions import Fraction
 
@@ -113,6 +115,7 @@ class FrameDetector:
         self._raw = callable(getattr(detector, "infer", None)) and hasattr(detector, "threshold")
         self.min_face = float(getattr(detector, "min_face", 0) or 0)
         self.nms_iou = float(getattr(detector, "nms_iou", 0.3) or 0.3)
+        self.parallel_safe = self._raw  # CenterFace keeps one onnxruntime session per thread
 
     def __call__(self, small: np.ndarray, scale_x: float, scale_y: float) -> Detections:
         dets = self.detector.infer(small, self.detector.threshold) if self._raw else self.detector.detect(small)
@@ -462,6 +465,25 @@ def _run(inp, out_path: str, kind: str, muxer: str, fdet: FrameDetector, params:
     return outcome
 
 
+_POOLS: dict[int, ThreadPoolExecutor] = {}
+_POOLS_LOCK = threading.Lock()
+
+
+def _detect_threads(fdet: FrameDetector, vcfg) -> int:
+    # only detectors known to keep one session per thread run in parallel
+    return max(1, int(vcfg.detect_threads)) if fdet.parallel_safe else 1
+
+
+def _detection_pool(n: int) -> ThreadPoolExecutor | None:
+    """A process-wide pool of `n` detection threads (None for n == 1: detect inline)."""
+    if n <= 1:
+        return None
+    with _POOLS_LOCK:
+        if n not in _POOLS:
+            _POOLS[n] = ThreadPoolExecutor(max_workers=n, thread_name_prefix="sanitizer-detect")
+        return _POOLS[n]
+
+
 def _wrap_encode(fn):
     def run() -> None:
         try:
@@ -489,22 +511,44 @@ def _detect_loop(q_dec, q_enc, stop, fdet: FrameDetector, vcfg, stats, tb, outco
                 outcome.detections.append((fb.frame, t_ms, fb.detections(), fb.track_ids, fb.detected))
             _put(q_enc, ("v", stored, boxes, f.pts), stop)
 
-    while True:
-        item = _get(q_dec, stop)
-        if item is _END:
-            break
-        if isinstance(item, tuple):  # audio packet: straight through
-            _put(q_enc, item, stop)
-            continue
-        held[item.index] = item
-        dets = None
-        if item.small is not None:
-            small = item.small
-            st = item.frame
-            up_w, up_h = (st.height, st.width) if stats["turns"] % 2 else (st.width, st.height)
-            dets = fdet(small, up_w / small.shape[1], up_h / small.shape[0])
-            item.small = None
-        release(cov.push(item.index, dets))
+    # Scanned frames go to a small pool of persistent detection threads (one onnxruntime
+    # session each, so files reuse them); results are consumed in frame order.
+    width = _detect_threads(fdet, vcfg)
+    pool = _detection_pool(width)
+    inflight: deque[tuple[_Frame, Future | Detections | None]] = deque()
+
+    def detect(item: _Frame):
+        small = item.small
+        item.small = None
+        st = item.frame
+        up_w, up_h = (st.height, st.width) if stats["turns"] % 2 else (st.width, st.height)
+        sx, sy = up_w / small.shape[1], up_h / small.shape[0]
+        return pool.submit(fdet, small, sx, sy) if pool is not None else fdet(small, sx, sy)
+
+    def settle(max_pending: int) -> None:
+        """Consume finished frames in order; wait while more than `max_pending` are queued."""
+        while inflight and (not isinstance(inflight[0][1], Future) or inflight[0][1].done()
+                            or sum(isinstance(f, Future) for _, f in inflight) > max_pending):
+            item, got = inflight.popleft()
+            dets = got.result() if isinstance(got, Future) else got
+            release(cov.push(item.index, dets))
+
+    try:
+        while True:
+            item = _get(q_dec, stop)
+            if item is _END:
+                break
+            if isinstance(item, tuple):  # audio packet: straight through
+                _put(q_enc, item, stop)
+                continue
+            held[item.index] = item
+            inflight.append((item, detect(item) if item.small is not None else None))
+            settle(width)
+        settle(-1)
+    finally:
+        for _, got in inflight:
+            if isinstance(got, Future):
+                got.cancel()
     release(cov.flush())
     _put(q_enc, _END, stop)
 
