@@ -28,18 +28,29 @@ class InputConfig:
 @dataclass(slots=True)
 class DetectConfig:
     detector: str = "centerface"  # centerface | haar
-    threshold: float = 0.2  # score threshold at the native (1x) scale
-    # Multi-scale inference: the image is also run at `upscale` times its size when its
-    # long side is under `upscale_below` px (small faces become detectable), with its own
-    # (higher) threshold because upscaled passes produce more false positives.
-    upscale: float = 2.0
-    upscale_below: int = 1100
-    upscale_threshold: float = 0.35
-    # Very large images are split into overlapping tiles of `tile_size` px at native scale.
+    # Default profile (calibrated on ../shared/data/faces_dev.json, see BENCHMARKS.md "Recall"):
+    # three CenterFace passes per image: native size, its mirror image, and 2x upscaled
+    # (for images under `upscale_below` px, faces under `upscale_max_face` px only).
+    threshold: float = 0.2  # score threshold of the native (1x) and mirrored passes
+    upscale: float = 2.0  # 0 or 1 = no upscaled pass
+    upscale_below: int = 1100  # long side (px) under which the upscaled pass runs
+    upscale_threshold: float = 0.3  # upscaled passes produce more false positives
+    upscale_max_face: float = 64  # px (original image); bigger boxes of the upscaled pass are dropped
+    # Very large images are also split into overlapping tiles of `tile_size` px at native scale.
     tile_above: int = 2400
     tile_size: int = 1280
     tile_overlap: int = 160
-    hflip: bool = False  # also detect on the mirrored image (a second opinion)
+    hflip: bool = True  # also detect on the mirrored image (a second opinion, ~+25% time)
+    # Second opinions: a box scoring only >= `vote_threshold` is kept when every one of
+    # `vote_passes` passes found it (IoU >= 0.3). Needs that many passes; 0 = off.
+    vote_threshold: float = 0.1
+    vote_passes: int = 3
+    # Crowds: when the first passes find at least `rescan_small` faces smaller than
+    # `rescan_small_side` px, look again at `rescan_scale` times the size (0 = never).
+    rescan_small: int = 0
+    rescan_small_side: int = 24
+    rescan_scale: float = 3.0
+    rescan_threshold: float = 0.5
     nms_iou: float = 0.3
     min_face: int = 4  # px; smaller boxes are dropped
     max_side: int = 1920  # long side for the 1x pass; bigger images are downscaled (or tiled)
@@ -52,7 +63,7 @@ class DetectConfig:
 class RedactConfig:
     method: str = "gaussian"  # gaussian | pixelate | solid
     shape: str = "ellipse"  # ellipse | box
-    margin: float = 1.3  # mask = detection box enlarged this many times, clipped to the image
+    margin: float = 1.5  # mask = detection box enlarged this many times, clipped to the image
     blocks: int = 8  # pixelate: at most this many blocks across a face
     blur_strength: float = 0.5  # gaussian: sigma = strength * face side (irreversible at 0.5)
     color: tuple[int, int, int] = (0, 0, 0)  # solid fill colour, RGB
