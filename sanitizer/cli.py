@@ -269,6 +269,10 @@ def audit(
         out.print(f"  failed: {r['key']}: {r['error']}", highlight=False, soft_wrap=True)
 
 
+def _faces(bucket: str) -> str:
+    return "all faces" if bucket == "all" else f"faces of {bucket} px"
+
+
 @app.command("eval")
 def eval_cmd(
     gt: Annotated[Path, typer.Argument(help="Ground truth: faces_dev.json-style JSON, or a WIDER FACE *_bbx_gt.txt file.")],
@@ -323,12 +327,12 @@ def eval_cmd(
             at = cal["at"]
             prec = at["precision@0.5"]
             neg_at = at["negatives_masked_share"]
-            out.print(f"calibration: coverage {100 * at['coverage']:.1f}% >= target {100 * cal['target']:g}% of {cal['bucket']} px faces "
+            out.print(f"calibration: coverage {100 * at['coverage']:.1f}% >= target {100 * cal['target']:g}% of {_faces(cal['bucket'])} "
                       f"at threshold {at['threshold']:g} (upscaled passes {at['upscale_threshold']:g}, thresholds shifted by {at['delta']:+.2f}); "
                       f"precision@0.5 {'-' if prec is None else f'{100 * prec:.1f}%'}, face-free masked "
                       f"{'-' if neg_at is None else f'{100 * neg_at:.3f}%'}", highlight=False)
         else:
-            out.print(f"calibration: target {100 * cal['target']:g}% of {cal['bucket']} px faces not reached at any threshold down to "
+            out.print(f"calibration: target {100 * cal['target']:g}% of {_faces(cal['bucket'])} not reached at any threshold down to "
                       f"{cfg.detect.threshold - ev.SLACK:.2f} (best {100 * cal['best_coverage']:.1f}%)", highlight=False)
     if output is not None:
         out.print(f"report: {output}")

@@ -28,23 +28,23 @@ class InputConfig:
 @dataclass(slots=True)
 class DetectConfig:
     detector: str = "centerface"  # centerface | haar
-    # Default profile (calibrated on ../shared/data/faces_dev.json, see BENCHMARKS.md "Recall"):
-    # three CenterFace passes per image: native size, its mirror image, and 2x upscaled
-    # (for images under `upscale_below` px, faces under `upscale_max_face` px only).
+    # Default profile (chosen on ../shared/data/faces_dev.json, see BENCHMARKS.md "Recall"):
+    # two CenterFace passes per image, native size and 1.5x upscaled (images under
+    # `upscale_below` px; faces under `upscale_max_face` px only), plus a second-opinion vote.
     threshold: float = 0.2  # score threshold of the native (1x) and mirrored passes
-    upscale: float = 2.0  # 0 or 1 = no upscaled pass
+    upscale: float = 1.5  # 0 or 1 = no upscaled pass
     upscale_below: int = 1100  # long side (px) under which the upscaled pass runs
-    upscale_threshold: float = 0.3  # upscaled passes produce more false positives
-    upscale_max_face: float = 64  # px (original image); bigger boxes of the upscaled pass are dropped
+    upscale_threshold: float = 0.25  # upscaled passes produce more false positives
+    upscale_max_face: float = 96  # px (original image); bigger boxes of the upscaled pass are dropped
     # Very large images are also split into overlapping tiles of `tile_size` px at native scale.
     tile_above: int = 2400
     tile_size: int = 1280
     tile_overlap: int = 160
-    hflip: bool = True  # also detect on the mirrored image (a second opinion, ~+25% time)
+    hflip: bool = False  # also detect on the mirrored native image (a second opinion, ~+30% time)
     # Second opinions: a box scoring only >= `vote_threshold` is kept when every one of
     # `vote_passes` passes found it (IoU >= 0.3). Needs that many passes; 0 = off.
     vote_threshold: float = 0.1
-    vote_passes: int = 3
+    vote_passes: int = 2
     # Crowds: when the first passes find at least `rescan_small` faces smaller than
     # `rescan_small_side` px, look again at `rescan_scale` times the size (0 = never).
     rescan_small: int = 0

@@ -84,3 +84,22 @@ def test_verify_cli_on_real_photos(shared_data: Path, tmp_path: Path, cli) -> No
     assert cli("verify", str(dst), "--max-residual", "1000").returncode == 0
     table = pd.read_parquet(dst / "_audit" / "verify")
     assert table["run_id"].nunique() == 3
+
+
+@pytest.mark.integration
+def test_verify_cli_samples_video_frames(shared_data: Path, tmp_path: Path, cli) -> None:
+    clip = shared_data / "videos" / "liveportrait_d0_greenscreen_noaudio.mp4"
+    if not clip.is_file():
+        pytest.skip("test clip not present")
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    src.mkdir()
+    shutil.copyfile(clip, src / clip.name)
+    run = cli("run", str(src), str(dst), "--workers", "1")
+    if run.returncode != 0:
+        pytest.skip(f"video is not processed by this build: {run.stdout[-300:]}")
+    ok = cli("verify", str(dst), "--video-frames", "8")
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert "8 frames" in ok.stdout
+    shutil.copyfile(clip, dst / clip.name)  # the unredacted original published by mistake
+    bad = cli("verify", str(dst), "--video-frames", "8")
+    assert bad.returncode == 1 and f"residual: {clip.name}" in bad.stdout
