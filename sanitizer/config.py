@@ -36,6 +36,9 @@ class DetectConfig:
     upscale_below: int = 1100  # long side (px) under which the upscaled pass runs
     upscale_threshold: float = 0.25  # upscaled passes produce more false positives
     upscale_max_face: float = 96  # px (original image); bigger boxes of the upscaled pass are dropped
+    # Run the upscaled pass only when the native pass shows a face-like response scoring
+    # >= `upscale_hint` under `upscale_max_face` px (no small faces → no upscaling); 0 = always.
+    upscale_hint: float = 0.03
     # Very large images are also split into overlapping tiles of `tile_size` px at native scale.
     tile_above: int = 2400
     tile_size: int = 1280

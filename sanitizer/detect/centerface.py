@@ -109,6 +109,7 @@ class Pass:
     flip: bool = False
     tiled: bool = False
     max_face: float = math.inf  # px in the original image; larger boxes are another pass's job
+    upscaled: bool = False
 
 
 @dataclass(slots=True)
@@ -146,6 +147,7 @@ class CenterFaceDetector:
         upscale_below: int = 1100,
         upscale_threshold: float = 0.35,
         upscale_max_face: float = 64,
+        upscale_hint: float = 0.0,
         tile_above: int = 2400,
         tile_size: int = 1280,
         tile_overlap: int = 160,
@@ -169,6 +171,7 @@ class CenterFaceDetector:
         self.upscale_below = upscale_below
         self.upscale_threshold = upscale_threshold
         self.upscale_max_face = upscale_max_face
+        self.upscale_hint = upscale_hint
         self.tile_above = tile_above
         self.tile_size = tile_size
         self.tile_overlap = tile_overlap
@@ -188,7 +191,7 @@ class CenterFaceDetector:
     @classmethod
     def from_config(cls, cfg) -> CenterFaceDetector:
         names = (
-            "threshold", "upscale", "upscale_below", "upscale_threshold", "upscale_max_face", "tile_above",
+            "threshold", "upscale", "upscale_below", "upscale_threshold", "upscale_max_face", "upscale_hint", "tile_above",
             "tile_size", "tile_overlap", "hflip", "vote_threshold", "vote_passes", "rescan_small", "rescan_small_side", "rescan_scale",
             "rescan_threshold", "nms_iou", "min_face", "max_side", "threads",
         )
@@ -243,7 +246,7 @@ class CenterFaceDetector:
         out = [Pass("1x" if base == 1.0 else f"{base:.2f}x", base, self.threshold)]
         if self.upscale > 1 and long_side < self.upscale_below:
             out.append(Pass(f"{self.upscale:g}x", self.upscale, self.upscale_threshold,
-                            max_face=self.upscale_max_face or math.inf))
+                            max_face=self.upscale_max_face or math.inf, upscaled=True))
         if long_side > self.tile_above:
             out.append(Pass("tiles", 1.0, self.threshold, tiled=True))
         if self.hflip:
@@ -274,8 +277,18 @@ class CenterFaceDetector:
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
             raise ValueError(f"expected an HxWx3 uint8 RGB image, got {image.shape} {image.dtype}")
         h, w = image.shape[:2]
-        passes = self.passes(h, w)
-        parts = [self._run(image, p, self._floor(p, slack)) for p in passes]
+        planned = self.passes(h, w)
+        # native pass first; with `upscale_hint`, it also looks for faint small responses
+        first = self._floor(planned[0], slack)
+        hint = self.upscale_hint
+        native = self._run(image, planned[0], min(first, hint) if hint > 0 else first)
+        small = bool(((native.scores >= hint) & (_sides(native.boxes) < self.upscale_max_face)).any()) if hint > 0 else True
+        passes, parts = [planned[0]], [native[native.scores >= first]]
+        for p in planned[1:]:
+            if p.upscaled and not small:
+                continue  # no small face-like response at native size: skip the upscaled pass
+            passes.append(p)
+            parts.append(self._run(image, p, self._floor(p, slack)))
         if self.rescan_small > 0 and self.rescan_scale > 1 and max(h, w) * self.rescan_scale <= 2 * self.max_side:
             # second opinion for crowds: many small confirmed faces → look again at a larger scale
             found = self._finish(Detections.merge(
