@@ -88,7 +88,9 @@ class VideoConfig:
     track_lead: int = 4  # frames a track is covered before its first detection (look-ahead)
     track_iou: float = 0.2  # association threshold between a track and a new detection
     threads: int = 0  # codec threads; 0 = let FFmpeg decide
-    detect_threads: int = 2  # detection threads per file (onnxruntime releases the GIL)
+    # Detection threads per file (onnxruntime releases the GIL). 2 was slower than 1 in every
+    # A/B run on the (loaded) benchmark machine, so 1 is the default (BENCHMARKS.md, Video).
+    detect_threads: int = 1
     vp9_crf: int = 32  # WebM outputs (VP9): quality, 0-63, lower = better and bigger
     vp9_speed: int = 8  # WebM outputs (VP9): libvpx cpu-used in realtime mode, 0-8, higher = faster
 
