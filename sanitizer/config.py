@@ -67,7 +67,7 @@ class RedactConfig:
     method: str = "gaussian"  # gaussian | pixelate | solid
     shape: str = "ellipse"  # ellipse | box
     margin: float = 1.5  # mask = detection box enlarged this many times, clipped to the image
-    blocks: int = 8  # pixelate: at most this many blocks across a face
+    blocks: int = 4  # pixelate: blocks across a face (8 left 47% of faces re-detectable, 4: 23%)
     blur_strength: float = 0.5  # gaussian: sigma = strength * face side (irreversible at 0.5)
     color: tuple[int, int, int] = (0, 0, 0)  # solid fill colour, RGB
 
@@ -272,8 +272,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"detect.threshold must be between 0 and 1, got {d.threshold}")
     if r.margin < 1.0:
         raise ConfigError(f"redact.margin must be >= 1.0 (a mask never smaller than the face), got {r.margin}")
-    if r.blocks < 1:
-        raise ConfigError("redact.blocks must be >= 1")
+    if not 1 <= r.blocks <= 8:
+        raise ConfigError(f"redact.blocks must be 1..8 (more blocks leave a face recognisable), got {r.blocks}")
     if v.detect_every < 1:
         raise ConfigError("video.detect_every must be >= 1")
     if cfg.execution.workers < 0:

@@ -19,7 +19,7 @@ class RedactParams:
     method: str = "gaussian"
     shape: str = "ellipse"
     margin: float = 1.3
-    blocks: int = 8
+    blocks: int = 4
     blur_strength: float = 0.5
     color: tuple[int, int, int] = (0, 0, 0)
 
