@@ -99,6 +99,7 @@ class VideoConfig:
 class OutputConfig:
     jpeg_quality: int = 92
     webp_quality: int = 90
+    png_compress_level: int = 3  # zlib level of PNG outputs (0-9): 3 is ~2.5x faster than 6, ~3% bigger
     storage_options: dict[str, Any] = field(default_factory=dict)  # passed to fsspec for DST
 
 

@@ -140,7 +140,7 @@ def _process_image(item: MediaItem, ctx: Context, res: FileResult) -> list[dict[
     _skip_if_unchanged(item, ctx, res.source_sha256)
     out = image.sanitize(
         data, ctx.detector, ctx.params, expected=item.format,
-        jpeg_quality=ctx.cfg.output.jpeg_quality, webp_quality=ctx.cfg.output.webp_quality,
+        opts=image.EncodeOptions.from_config(ctx.cfg.output),
     )
     rows = []
     for frame, t_ms, faces in out.detections:

@@ -44,6 +44,17 @@ class DecodedImage:
         return len(self.frames) > 1
 
 
+@dataclass(frozen=True, slots=True)
+class EncodeOptions:
+    jpeg_quality: int = 92  # also HEIF/AVIF
+    webp_quality: int = 90
+    png_compress_level: int = 3  # zlib level: 3 is ~2.5x faster than Pillow's 6 for ~3% more bytes
+
+    @classmethod
+    def from_config(cls, out) -> EncodeOptions:  # out: sanitizer.config.OutputConfig
+        return cls(out.jpeg_quality, out.webp_quality, out.png_compress_level)
+
+
 @dataclass(slots=True)
 class ImageOutcome:
     payload: bytes
@@ -168,8 +179,9 @@ def _pil(arr: np.ndarray) -> Image.Image:
     return Image.fromarray(arr)
 
 
-def encode(img: DecodedImage, frames: list[np.ndarray], jpeg_quality: int = 92, webp_quality: int = 90) -> bytes:
+def encode(img: DecodedImage, frames: list[np.ndarray], opts: EncodeOptions = EncodeOptions()) -> bytes:
     """Encode redacted frames in the input's format with no metadata at all."""
+    jpeg_quality, webp_quality = opts.jpeg_quality, opts.webp_quality
     fmt = img.format
     pils = [_pil(f) for f in frames]
     first = pils[0]
@@ -182,9 +194,9 @@ def encode(img: DecodedImage, frames: list[np.ndarray], jpeg_quality: int = 92, 
         elif fmt == "png":
             if len(pils) > 1:
                 first.save(buf, "PNG", save_all=True, append_images=pils[1:],
-                           duration=img.durations_ms, loop=img.loop)
+                           duration=img.durations_ms, loop=img.loop, compress_level=opts.png_compress_level)
             else:
-                first.save(buf, "PNG")
+                first.save(buf, "PNG", compress_level=opts.png_compress_level)
         elif fmt == "gif":
             kw = dict(save_all=True, append_images=pils[1:], duration=img.durations_ms, loop=img.loop) if len(pils) > 1 else {}
             first.save(buf, "GIF", **kw)
@@ -220,8 +232,8 @@ def check_clean(payload: bytes) -> None:
             raise EncodeError(f"output still carries metadata: {', '.join(sorted(set(leaked)))}")
 
 
-def sanitize(data: bytes, detector, params, *, expected: str = "", jpeg_quality: int = 92,
-             webp_quality: int = 90) -> ImageOutcome:
+def sanitize(data: bytes, detector, params, *, expected: str = "",
+             opts: EncodeOptions = EncodeOptions()) -> ImageOutcome:
     """Decode, detect and redact every frame, encode clean. Fails closed by raising."""
     from sanitizer.redact import redact
 
@@ -234,7 +246,7 @@ def sanitize(data: bytes, detector, params, *, expected: str = "", jpeg_quality:
         found.append((i, t, faces))
         if img.durations_ms:
             t += img.durations_ms[i]
-    payload = encode(img, out_frames, jpeg_quality, webp_quality)
+    payload = encode(img, out_frames, opts)
     check_clean(payload)
     h, w = img.frames[0].shape[:2]
     return ImageOutcome(payload, img.format, found, w, h)
