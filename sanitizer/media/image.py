@@ -7,6 +7,7 @@ from pixels alone, so EXIF, XMP, GPS, maker notes, comments and text chunks neve
 
 from __future__ import annotations
 
+import functools
 import io
 import warnings
 from dataclasses import dataclass, field
@@ -64,8 +65,6 @@ class ImageOutcome:
     height: int
 
 
-_SRGB = None
-
 # TIFF tags that describe pixel layout only (TIFF files expose these through getexif())
 STRUCTURAL_TIFF_TAGS = {
     254, 256, 257, 258, 259, 262, 266, 273, 274, 277, 278, 279, 282, 283, 284, 296, 317, 320,
@@ -73,18 +72,21 @@ STRUCTURAL_TIFF_TAGS = {
 }
 
 
+@functools.lru_cache(maxsize=32)
+def _srgb_transform(icc: bytes, mode: str, out_mode: str) -> ImageCms.ImageCmsTransform:
+    """Colour transforms are costly to build (~2 ms) and photos share a few profiles."""
+    src = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+    return ImageCms.buildTransform(src, ImageCms.createProfile("sRGB"), mode, out_mode)
+
+
 def _to_srgb(im: Image.Image) -> Image.Image:
     """Apply an embedded ICC profile (so colours survive dropping it)."""
-    global _SRGB
     icc = im.info.get("icc_profile")
     if not icc or im.mode not in ("RGB", "RGBA", "CMYK"):
         return im
+    out_mode = "RGBA" if im.mode == "RGBA" else "RGB"
     try:
-        if _SRGB is None:
-            _SRGB = ImageCms.createProfile("sRGB")
-        src = ImageCms.ImageCmsProfile(io.BytesIO(icc))
-        mode = "RGBA" if im.mode == "RGBA" else "RGB"
-        return ImageCms.profileToProfile(im, src, _SRGB, outputMode=mode)
+        return ImageCms.applyTransform(im, _srgb_transform(icc, im.mode, out_mode))
     except (ImageCms.PyCMSError, OSError, ValueError):
         return im  # an unusable colour profile changes colours only, never privacy
 
