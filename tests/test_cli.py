@@ -128,6 +128,9 @@ def test_demo(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "audit:" in proc.stdout and (tmp_path / "demo" / "output" / "_audit" / "runs").is_dir()
     assert Path(tmp_path / "demo" / "output" / "photos" / "astronaut.jpg").is_file()
+    files = pd.read_parquet(tmp_path / "demo" / "output" / "_audit" / "files").set_index("key")
+    clip = files.loc["clips/astronaut_pan.mp4"]
+    assert clip.status == "ok" and clip.audio_kept and clip.frames == 50 and clip.n_faces >= 40
 
 
 def test_audit_command(finished_run):
