@@ -16,7 +16,7 @@ import shutil
 import sys
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -223,20 +223,24 @@ def local_copy(loc: Location, key: str) -> Iterator[tuple[str, str]]:
         yield dst, h.hexdigest()
 
 
+def _replace_local(path: str, fill: Callable[[str], None]) -> None:
+    """Write a local file atomically: `fill` writes a temporary sibling, then one rename."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{os.path.dirname(path)}/.{os.path.basename(path)}.{uuid.uuid4().hex[:8]}.tmp"
+    try:
+        fill(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
 def put_bytes(loc: Location, key: str, data: bytes) -> str:
     """Write atomically: a temporary name then rename (local) or a single PUT (object stores)."""
     path = loc.path(key)
     try:
         if loc.is_local:
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            tmp = f"{os.path.dirname(path)}/.{os.path.basename(path)}.{uuid.uuid4().hex[:8]}.tmp"
-            try:
-                with open(tmp, "wb") as f:
-                    f.write(data)
-                os.replace(tmp, path)
-            finally:
-                if os.path.exists(tmp):
-                    os.unlink(tmp)
+            _replace_local(path, lambda tmp: Path(tmp).write_bytes(data))
         else:
             loc.fs.pipe_file(path, data)
     except _io_errors() as exc:
@@ -249,14 +253,7 @@ def put_file(loc: Location, key: str, local_path: str) -> str:
     path = loc.path(key)
     try:
         if loc.is_local:
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            tmp = f"{os.path.dirname(path)}/.{os.path.basename(path)}.{uuid.uuid4().hex[:8]}.tmp"
-            try:
-                shutil.copyfile(local_path, tmp)
-                os.replace(tmp, path)
-            finally:
-                if os.path.exists(tmp):
-                    os.unlink(tmp)
+            _replace_local(path, lambda tmp: shutil.copyfile(local_path, tmp))
         else:
             loc.fs.put_file(local_path, path)
     except _io_errors() as exc:
