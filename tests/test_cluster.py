@@ -112,6 +112,9 @@ def test_unreachable_scheduler_is_a_one_line_error(case: str, photo_dir: Path, t
     assert f"cannot reach Dask scheduler {address}" in one_line_error(res)
     assert took < 45
     assert not (dst / "astronaut.jpg").exists()
+    if case == "refused":  # the audit records the failed run as such, not as complete
+        runs = pd.read_parquet(dst / "_audit" / "runs")
+        assert runs.status.tolist() == ["error"] and runs.scheduler.item() == address
 
 
 def test_scheduler_without_workers(photo_dir: Path, tmp_path: Path) -> None:
