@@ -10,6 +10,7 @@ import contextlib
 import logging
 import math
 import os
+import signal
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -152,6 +153,23 @@ def _probe_scheduler(address: str, timeout: float) -> None:
         if isinstance(exc, TimeoutError) and not str(exc):
             raise TimeoutError(f"connected, but no Dask handshake within {timeout} s")
         raise exc
+
+
+def ignore_sigint_while_spawning(embedded: bool) -> Callable[[], None]:
+    """Ignore SIGINT until the returned function is called, so the worker processes an
+    embedded cluster spawns meanwhile inherit an ignored SIGINT: Ctrl-C then stops the driver
+    (which shuts the cluster down) instead of every worker printing a traceback."""
+    if not embedded or threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    restored = []
+
+    def restore() -> None:
+        if not restored:
+            restored.append(True)
+            signal.signal(signal.SIGINT, previous)
+
+    return restore
 
 
 @contextlib.contextmanager

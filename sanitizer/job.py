@@ -116,25 +116,28 @@ def _cpu_count() -> int:
 
 def run(p: Plan, cfg: Config, on_event: Event = _noop) -> Summary:
     """Process a plan; audit parts are written as shards finish, the run row at the end."""
-    from sanitizer.execute import client_for
+    from sanitizer.execute import client_for, ignore_sigint_while_spawning
 
     started = time.time()
     # The cluster starts in the background while the driver prepares (model check, manifest,
     # skipped rows): that overlap is ~0.5 s of every run's start-up.
     stack = contextlib.ExitStack()
+    restore_sigint = ignore_sigint_while_spawning(bool(p.shards) and not cfg.execution.scheduler)
     starter = ThreadPoolExecutor(1, thread_name_prefix="sanitizer-cluster")
     cluster = starter.submit(stack.enter_context, client_for(cfg)) if p.shards else None
     starter.shutdown(wait=False)
     try:
-        return _run(p, cfg, on_event, started, cluster)
+        return _run(p, cfg, on_event, started, cluster, restore_sigint)
     finally:
         if cluster is not None:
             with contextlib.suppress(BaseException):
                 cluster.result()  # wait for a start still under way before closing it
+        restore_sigint()
         stack.close()
 
 
-def _run(p: Plan, cfg: Config, on_event: Event, started: float, cluster) -> Summary:
+def _run(p: Plan, cfg: Config, on_event: Event, started: float, cluster,
+         cluster_started: Callable[[], None]) -> Summary:
     from sanitizer.detect import get_detector
     from sanitizer.execute import map_shards
     from sanitizer.process import Context, failure, process_item
@@ -182,7 +185,10 @@ def _run(p: Plan, cfg: Config, on_event: Event, started: float, cluster) -> Summ
 
     try:
         if cluster is not None:
-            client, info = cluster.result()
+            try:
+                client, info = cluster.result()
+            finally:
+                cluster_started()
             on_event("cluster", address=info.address, workers=info.workers, embedded=info.embedded)
             map_shards(client, p.shards, p.run_id, cfg, p.src.url, p.dst.url, on_shard, p.previous)
     except KeyboardInterrupt:
