@@ -126,18 +126,35 @@ def run(p: Plan, cfg: Config, on_event: Event = _noop) -> Summary:
     starter = ThreadPoolExecutor(1, thread_name_prefix="sanitizer-cluster")
     cluster = starter.submit(stack.enter_context, client_for(cfg)) if p.shards else None
     starter.shutdown(wait=False)
-    try:
-        return _run(p, cfg, on_event, started, cluster, restore_sigint)
-    finally:
+
+    def close_cluster() -> None:
         if cluster is not None:
             with contextlib.suppress(BaseException):
                 cluster.result()  # wait for a start still under way before closing it
         restore_sigint()
         stack.close()
 
+    try:
+        return _run(p, cfg, on_event, started, cluster, restore_sigint, close_cluster)
+    finally:
+        close_cluster()
+
+
+def _unpublish_unrecorded(p: Plan, recorded: set[str]) -> None:
+    """After a run that stopped early: outputs that tasks wrote but whose audit rows were never
+    recorded are removed (unless an earlier run published them), so every output at DST has
+    its audit row; the next run redoes those files."""
+    pending = {i.key for s in p.shards for i in s} - recorded - set(p.previous)
+    if not pending:
+        return
+    with contextlib.suppress(StorageError):
+        for key, _ in storage.walk(p.dst, include_hidden=True):
+            if key in pending:
+                storage.remove(p.dst, key)
+
 
 def _run(p: Plan, cfg: Config, on_event: Event, started: float, cluster,
-         cluster_started: Callable[[], None]) -> Summary:
+         cluster_started: Callable[[], None], close_cluster: Callable[[], None]) -> Summary:
     from sanitizer.detect import get_detector
     from sanitizer.execute import map_shards
     from sanitizer.process import Context, failure, process_item
@@ -146,12 +163,14 @@ def _run(p: Plan, cfg: Config, on_event: Event, started: float, cluster,
     storage.makedirs(p.dst)
     summary = Summary(p.run_id, p.dst.url, audit.audit_uri(p.dst), n_files=len(p.items))
     audit.write_part(p.dst, "manifest", p.run_id, manifest.to_parquet_table(p.items))
+    recorded: set[str] = set()
 
     def record(rows: list[tuple[dict[str, Any], list[dict[str, Any]]]], part: str) -> None:
         files = [r for r, _ in rows]
         dets = [d for _, ds in rows for d in ds]
         audit.write_part(p.dst, "files", part, files)
         audit.write_part(p.dst, "detections", part, dets)
+        recorded.update(r["key"] for r in files)
         for r in files:
             if r["status"] == "ok":
                 summary.n_ok += 1
@@ -198,6 +217,9 @@ def _run(p: Plan, cfg: Config, on_event: Event, started: float, cluster,
         status = "error"
         raise
     finally:
+        if status != "complete":
+            close_cluster()  # no task may write after the clean-up below
+            _unpublish_unrecorded(p, recorded)
         summary.seconds = time.time() - started
         try:
             _write_run(p, cfg, detector, summary, started, status)

@@ -1,5 +1,6 @@
 """The real entry point on generated media: outputs, audit, fail-closed, errors."""
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -189,3 +190,47 @@ def test_worker_crash_fails_only_that_file(tmp_path):
     assert files.loc["crash.jpg"].status == "failed" and "worker" in files.loc["crash.jpg"].error
     assert len(files) == 9 and (files.drop(index="crash.jpg").status == "ok").all()
     assert not (dst / "crash.jpg").exists() and (dst / "b.jpg").exists() and (dst / "c.jpg").exists()
+
+
+def test_ctrl_c_stops_cleanly(tmp_path):
+    """Ctrl-C (SIGINT to the whole process group, as a terminal sends it) ends the job with one
+    line and exit 130; the audit keeps what finished and records the run as interrupted."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from tests.conftest import astronaut, jpeg_bytes
+
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    src.mkdir()
+    data = jpeg_bytes(astronaut())
+    for i in range(300):
+        (src / f"{i:03d}.jpg").write_bytes(data)
+    proc = subprocess.Popen([sys.executable, "-m", "sanitizer", "run", str(src), str(dst), "--workers", "2"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True, stdin=subprocess.DEVNULL)
+    try:
+        for line in proc.stderr:  # wait until the cluster runs
+            if "dask:" in line:
+                break
+        time.sleep(3.0)
+        os.killpg(proc.pid, signal.SIGINT)
+        out, errs = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130, errs
+    assert "Traceback" not in out + errs and "interrupted" in errs
+    runs = pd.read_parquet(dst / "_audit" / "runs")
+    assert runs.status.tolist() == ["interrupted"]
+    files = audit_files(dst)
+    assert len(files) == runs.n_ok.item() < 300
+    assert all((dst / k).is_file() for k in files.key)
+    published = [p for p in dst.glob("*.jpg")]
+    assert len(published) == len(files), "every published output has its audit row"
+
+
+def audit_files(dst: Path) -> pd.DataFrame:
+    part = dst / "_audit" / "files"
+    return pd.read_parquet(part) if part.exists() else pd.DataFrame({"key": []})
