@@ -21,7 +21,6 @@ from sanitizer.errors import ConfigError
 @dataclass(slots=True)
 class InputConfig:
     include_hidden: bool = False  # list files and folders whose name starts with "."
-    hash_algorithm: str = "sha256"
     storage_options: dict[str, Any] = field(default_factory=dict)  # passed to fsspec for SRC
 
 

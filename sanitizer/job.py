@@ -7,6 +7,7 @@ summary; the CLI decides what to print and which exit code to use.
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 import time
 import uuid
@@ -85,7 +86,7 @@ def plan(src_url: str, dst_url: str, cfg: Config, on_event: Event = _noop) -> Pl
     src, dst = locations(src_url, dst_url, cfg)
     on_event("listing", source=src.url)
     items = manifest.build(src, include_hidden=cfg.input.include_hidden, with_hash=False)
-    workers = cfg.execution.workers or _cpu_count()
+    workers = cfg.execution.workers or os.cpu_count() or 1
     shards = shard([i for i in items if i.kind != "other"], workers,
                    cfg.execution.shard_bytes, cfg.execution.shard_files)
     previous = published(dst, cfg.fingerprint()) if cfg.execution.skip_unchanged else {}
@@ -106,12 +107,6 @@ def published(dst: storage.Location, fingerprint: str) -> dict[str, str]:
             continue
         out[row.key] = row.source_sha256
     return out
-
-
-def _cpu_count() -> int:
-    import os
-
-    return os.cpu_count() or 1
 
 
 def run(p: Plan, cfg: Config, on_event: Event = _noop) -> Summary:
@@ -193,10 +188,9 @@ def _run(p: Plan, cfg: Config, on_event: Event, started: float, cluster,
     status = "complete"
 
     def on_shard(items: list[MediaItem], results, error: str) -> None:
-        nonlocal done
+        nonlocal done, parts
         if results is None:  # the task itself died: fail closed for every file of the shard
             results = [(failure(item, ctx, error), []) for item in items]
-        nonlocal parts
         parts += 1
         record(results, f"{p.run_id}-{parts:06d}")
         done += len(items)

@@ -18,7 +18,7 @@ from typing import Any
 
 from sanitizer import storage
 from sanitizer.config import Config
-from sanitizer.errors import MediaError, SanitizerError, StorageError
+from sanitizer.errors import SanitizerError, StorageError
 from sanitizer.records import Detections, FileResult, MediaItem
 from sanitizer.redact import RedactParams, params_from_config
 
@@ -111,9 +111,7 @@ def process_item(item: MediaItem, ctx: Context) -> tuple[dict[str, Any], list[di
     except _Unchanged:
         res.status, res.error, dets = "skipped", "unchanged: already published with the same source and config", []
         res.output_uri = ctx.dst.uri(item.key)
-    except (MediaError, StorageError) as exc:
-        res.status, res.error, dets = "failed", _one_line(exc), []
-    except SanitizerError as exc:
+    except SanitizerError as exc:  # MediaError, StorageError, DetectorError...
         res.status, res.error, dets = "failed", _one_line(exc), []
     except MemoryError:
         res.status, res.error, dets = "failed", "out of memory while processing", []
@@ -139,7 +137,7 @@ def _process_image(item: MediaItem, ctx: Context, res: FileResult) -> list[dict[
     res.source_sha256 = hashlib.sha256(data).hexdigest()
     _skip_if_unchanged(item, ctx, res.source_sha256)
     out = image.sanitize(
-        data, ctx.detector, ctx.params, expected=item.format,
+        data, ctx.detector, ctx.params,
         opts=image.EncodeOptions.from_config(ctx.cfg.output),
     )
     rows = []

@@ -10,9 +10,6 @@ import pyarrow as pa
 
 SCHEMA_VERSION = 1
 
-KINDS = ("image", "video", "other")
-STATUSES = ("ok", "failed", "skipped")
-
 
 @dataclass(slots=True, frozen=True)
 class MediaItem:
@@ -55,9 +52,6 @@ class Detections:
         if not parts:
             return cls.empty()
         return cls(np.concatenate([p.boxes for p in parts]), np.concatenate([p.scores for p in parts]))
-
-    def scaled(self, factor: float) -> Detections:
-        return Detections(self.boxes * factor, self.scores.copy())
 
 
 @dataclass(slots=True)

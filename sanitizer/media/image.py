@@ -113,7 +113,7 @@ def _frame_array(im: Image.Image) -> np.ndarray:
     return np.array(im)
 
 
-def decode(data: bytes, expected: str = "") -> DecodedImage:
+def decode(data: bytes) -> DecodedImage:
     """Decode every frame, orientation applied; raise DecodeError on any damage."""
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # Pillow reports corrupt EXIF etc. as warnings
@@ -234,12 +234,12 @@ def check_clean(payload: bytes) -> None:
             raise EncodeError(f"output still carries metadata: {', '.join(sorted(set(leaked)))}")
 
 
-def sanitize(data: bytes, detector, params, *, expected: str = "",
+def sanitize(data: bytes, detector, params, *,
              opts: EncodeOptions = EncodeOptions()) -> ImageOutcome:
     """Decode, detect and redact every frame, encode clean. Fails closed by raising."""
     from sanitizer.redact import redact
 
-    img = decode(data, expected)
+    img = decode(data)
     out_frames, found = [], []
     t = 0.0
     for i, frame in enumerate(img.frames):
