@@ -130,6 +130,8 @@ def run_job(src: str, dst: str, cfg, dry_run: bool = False) -> int:
         if name == "cluster":
             where = "embedded LocalCluster" if data["embedded"] else data["address"]
             err.print(f"  dask: {data['workers']} workers ({where})", highlight=False)
+        elif name == "model_prepare":
+            err.print("  model: deriving the int8 CenterFace network (once per machine, ~7 s)", highlight=False)
         elif name == "progress":
             progress.update(task, completed=data["done"])
             if not err.is_terminal and time.monotonic() - last_log[0] > 30:  # logs of scheduled jobs

