@@ -145,8 +145,9 @@ def test_upright_to_stored_matches_rot90(turns):
 
 @pytest.mark.parametrize(
     ("size", "expected"),
-    [((1920, 1080), (768, 432)), ((720, 1280), (360, 640)), ((1280, 720), (640, 360)),
-     ((640, 360), (640, 360)), ((176, 144), (176, 144)), ((3840, 2160), (768, 432))],
+    # long side 0.5x the frame's in [640, 768] px, sides >= 256 px aligned to 32 (ties down)
+    [((1920, 1080), (768, 416)), ((720, 1280), (352, 640)), ((1280, 720), (640, 352)),
+     ((640, 360), (640, 352)), ((176, 144), (176, 144)), ((3840, 2160), (768, 416))],
 )
 def test_detect_size_default_rule(size, expected):
     assert video.detect_size(*size, VideoConfig()) == expected
