@@ -113,3 +113,15 @@ def test_frames_must_increase():
     cov.push(3, None)
     with pytest.raises(ValueError):
         cov.push(3, None)
+
+
+def test_a_much_smaller_box_after_a_cut_is_another_face():
+    """Across a cut a big face at 0 and a small face nearby at 2 must not become one track:
+    frame 1 keeps the big face's box (carried), not a box interpolated towards the small one."""
+    cov = TemporalCoverage(keep=4, lead=2)
+    big, small = (100, 100, 160, 170), (110, 120, 130, 142)
+    frames = run(cov, {0: det(big), 1: None, 2: det(small), 3: None}, 4)
+    one = frames[1]
+    assert len(set(frames[2].track_ids.tolist())) == 2  # two tracks
+    x1, y1, x2, y2 = one.boxes[one.track_ids == frames[0].track_ids[0]][0]
+    assert x1 <= 100 and y1 <= 100 and x2 >= 160 and y2 >= 170  # the big face stays covered

@@ -1,7 +1,8 @@
 """Temporal coverage: keep a face covered in the frames where the detector misses it.
 
 Detections (upright-frame pixels) are associated into tracks across frames, greedily by
-IoU with a centre-distance fallback for small, fast faces. A frame is *finalised* only
+IoU with a centre-distance fallback for small, fast faces, never to a box of a very
+different size (that is another face, e.g. across a cut). A frame is *finalised* only
 once the detections of the next `lead` frames are known (a small look-ahead buffer), so
 for every track each frame gets one of:
 
@@ -29,6 +30,8 @@ import numpy as np
 
 from sanitizer.detect import iou_matrix
 from sanitizer.records import Detections
+
+MAX_SIZE_CHANGE = 1.6  # most a face's box side may grow or shrink between two associated scans
 
 
 def grow(box: np.ndarray, factor: float) -> np.ndarray:
@@ -127,6 +130,13 @@ class TemporalCoverage:
             reach = np.minimum(2.0, 0.5 + 0.15 * gap) * np.maximum(side, 1.0)
             near = dist < reach
             score = np.where(m >= self.iou_threshold, 1.0 + m, np.where(near, 1.0 - dist / reach, 0.0))
+            # a face does not change size by more than MAX_SIZE_CHANGE between two scans: a box
+            # that did is another face (typically across a cut), and interpolating towards it
+            # would pull the mask off the face in the frames between
+            ds = np.sqrt(np.prod(np.maximum(boxes[:, 2:] - boxes[:, :2], 1.0), axis=1))
+            ps = np.sqrt(np.prod(np.maximum(pred[:, 2:] - pred[:, :2], 1.0), axis=1))
+            ratio = np.maximum(ps[:, None] / ds[None, :], ds[None, :] / ps[:, None])
+            score = np.where(ratio <= MAX_SIZE_CHANGE, score, 0.0)
             used_t: set[int] = set()
             for flat in np.argsort(-score, axis=None, kind="stable"):
                 ti, di = divmod(int(flat), len(dets))
