@@ -80,9 +80,12 @@ def irreversibility(gt, limit: int | None) -> list[str]:
         "gaussian, blur_strength 0.5 (default)": base,
         "gaussian, blur_strength 0.25": dataclasses.replace(base, method="gaussian", blur_strength=0.25),
         "gaussian, blur_strength 0.1": dataclasses.replace(base, method="gaussian", blur_strength=0.1),
-        "pixelate, 8 blocks (default)": dataclasses.replace(base, method="pixelate"),
-        "pixelate, 4 blocks": dataclasses.replace(base, method="pixelate", blocks=4),
+        "pixelate, 4 blocks (default)": dataclasses.replace(base, method="pixelate"),
+        "pixelate, 8 blocks": dataclasses.replace(base, method="pixelate", blocks=8),
         "solid (default)": dataclasses.replace(base, method="solid"),
+        "solid, box mask": dataclasses.replace(base, method="solid", shape="box"),
+        "gaussian 0.5, box mask": dataclasses.replace(base, shape="box"),
+        "pixelate 4 blocks, box mask": dataclasses.replace(base, method="pixelate", shape="box"),
     }
     thr = cfg.detect.threshold
     stats = {k: {"faces": 0, "plain": 0, "full": 0, "big": 0, "big_plain": 0, "scores": []} for k in variants}

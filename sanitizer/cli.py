@@ -80,7 +80,7 @@ def load_config(config: Path | None, **opts: Any):
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML config file (see configs/default.yaml); CLI options override it.")]
 DetectorOpt = Annotated[str | None, typer.Option("--detector", help="Face detector: centerface (DNN, default) or haar (classic OpenCV cascade).")]
 MethodOpt = Annotated[str | None, typer.Option("--method", help="Redaction: gaussian (default), pixelate or solid.")]
-ShapeOpt = Annotated[str | None, typer.Option("--shape", help="Mask shape: ellipse (default) or box.")]
+ShapeOpt = Annotated[str | None, typer.Option("--shape", help="Mask shape: box (default) or ellipse.")]
 ThresholdOpt = Annotated[float | None, typer.Option("--threshold", help="Detection score threshold at native scale (default 0.2, chosen for recall).")]
 MarginOpt = Annotated[float | None, typer.Option("--margin", help="Mask size as a multiple of the face box (default 1.5).")]
 WorkersOpt = Annotated[int | None, typer.Option("--workers", help="Worker processes of the embedded Dask cluster (default: one per core).")]

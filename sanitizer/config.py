@@ -67,9 +67,11 @@ class DetectConfig:
 @dataclass(slots=True)
 class RedactConfig:
     method: str = "gaussian"  # gaussian | pixelate | solid
-    shape: str = "ellipse"  # ellipse | box
+    # box (default) | ellipse: a redacted ellipse keeps a head's outline, and the detector finds
+    # 5-13 % of such faces >= 32 px again; box masks 0.3-1.7 % (BENCHMARKS.md "Verify and irreversibility")
+    shape: str = "box"
     margin: float = 1.5  # mask = detection box enlarged this many times, clipped to the image
-    blocks: int = 4  # pixelate: blocks across a face (8 left 47% of faces re-detectable, 4: 23%)
+    blocks: int = 4  # pixelate: blocks across a face (more blocks leave more faces re-detectable)
     blur_strength: float = 0.5  # gaussian: sigma = strength * face side (irreversible at 0.5)
     color: tuple[int, int, int] = (0, 0, 0)  # solid fill colour, RGB
 
