@@ -83,9 +83,10 @@ def irreversibility(gt, limit: int | None) -> list[str]:
         "pixelate, 4 blocks (default)": dataclasses.replace(base, method="pixelate"),
         "pixelate, 8 blocks": dataclasses.replace(base, method="pixelate", blocks=8),
         "solid (default)": dataclasses.replace(base, method="solid"),
-        "solid, box mask": dataclasses.replace(base, method="solid", shape="box"),
-        "gaussian 0.5, box mask": dataclasses.replace(base, shape="box"),
-        "pixelate 4 blocks, box mask": dataclasses.replace(base, method="pixelate", shape="box"),
+        # the mask shape before 2026-11-26: an ellipse keeps the head's outline
+        "gaussian 0.5, ellipse mask": dataclasses.replace(base, shape="ellipse"),
+        "pixelate 4 blocks, ellipse mask": dataclasses.replace(base, method="pixelate", shape="ellipse"),
+        "solid, ellipse mask": dataclasses.replace(base, method="solid", shape="ellipse"),
     }
     thr = cfg.detect.threshold
     stats = {k: {"faces": 0, "plain": 0, "full": 0, "big": 0, "big_plain": 0, "scores": []} for k in variants}
