@@ -47,14 +47,15 @@ class FakeDetector:
 
 
 class FakeRawDetector(FakeDetector):
-    """Looks like CenterFace (`infer` + `threshold`), so video runs it on parallel threads."""
+    """Looks like CenterFace (`infer` + `finish` + `threshold`), so video runs it on parallel threads."""
 
     threshold = 0.5
-    min_face = 2
-    nms_iou = 0.3
 
     def infer(self, image: np.ndarray, threshold: float):
         return self.detect(image)
+
+    def finish(self, dets):
+        return dets
 
 
 class BrokenDetector(FakeDetector):

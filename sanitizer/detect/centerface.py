@@ -321,7 +321,7 @@ class CenterFaceDetector:
             parts.append(self._run(image, p, self._floor(p, slack)))
         if self.rescan_small > 0 and self.rescan_scale > 1 and max(h, w) * self.rescan_scale <= 2 * self.max_side:
             # second opinion for crowds: many small confirmed faces → look again at a larger scale
-            found = self._finish(Detections.merge(
+            found = self.finish(Detections.merge(
                 [d[d.scores >= p.threshold] for p, d in zip(passes, parts, strict=True)]))
             if int((_sides(found.boxes) < self.rescan_small_side).sum()) >= self.rescan_small:
                 p = Pass(f"{self.rescan_scale:g}x-rescan", self.rescan_scale, self.rescan_threshold,
@@ -357,12 +357,14 @@ class CenterFaceDetector:
                     if t != s and other.size:
                         support += iou_matrix(d.boxes[weak], d.boxes[other]).max(1) >= VOTE_IOU
                 keep[weak[support >= self.vote_passes - 1]] = True
-        return self._finish(d[keep])
+        return self.finish(d[keep])
 
     def detect(self, image: np.ndarray) -> Detections:
         return self.select(self.candidates(image))
 
-    def _finish(self, dets: Detections) -> Detections:
+    def finish(self, dets: Detections) -> Detections:
+        """Drop boxes under `min_face` px, then NMS (the last step of `select`; video calls it on
+        one raw pass)."""
         if not len(dets):
             return dets
         wh = np.minimum(dets.boxes[:, 2] - dets.boxes[:, 0], dets.boxes[:, 3] - dets.boxes[:, 1])

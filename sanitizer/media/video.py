@@ -35,7 +35,6 @@ from fractions import Fraction
 import av
 import numpy as np
 
-from sanitizer.detect import nms
 from sanitizer.errors import DecodeError, EncodeError, MediaError
 from sanitizer.media.tracking import FrameBoxes, TemporalCoverage
 from sanitizer.records import Detections
@@ -113,16 +112,15 @@ def _align(side: float) -> int:
 class FrameDetector:
     """Detection on one downscaled upright frame.
 
-    CenterFace (anything with `infer(image, threshold)`) gets one raw pass at the given size
-    with the detector's own threshold, then its minimum face size and NMS: tracking supplies
-    the temporal second opinion that the image path gets from extra passes (mirror, 2x),
-    which would cost 2-3x per frame. Any other detector's `detect` is used as is."""
+    CenterFace (anything with `infer(image, threshold)` and `finish(dets)`) gets one raw pass
+    at the given size with the detector's own threshold, then its minimum face size and NMS
+    (`finish`): tracking supplies the temporal second opinion that the image path gets from
+    extra passes (mirror, 2x), which would cost 2-3x per frame. Any other detector's `detect`
+    is used as is."""
 
     def __init__(self, detector) -> None:
         self.detector = detector
-        self._raw = callable(getattr(detector, "infer", None)) and hasattr(detector, "threshold")
-        self.min_face = float(getattr(detector, "min_face", 0) or 0)
-        self.nms_iou = float(getattr(detector, "nms_iou", 0.3) or 0.3)
+        self._raw = all(callable(getattr(detector, m, None)) for m in ("infer", "finish")) and hasattr(detector, "threshold")
         self.parallel_safe = self._raw  # CenterFace keeps one onnxruntime session per thread
 
     def __call__(self, small: np.ndarray, scale_x: float, scale_y: float) -> Detections:
@@ -130,11 +128,7 @@ class FrameDetector:
         if not len(dets):
             return Detections.empty()
         dets = Detections(dets.boxes * np.array([scale_x, scale_y, scale_x, scale_y], np.float32), dets.scores)
-        if self._raw:
-            b = dets.boxes
-            dets = dets[np.minimum(b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]) >= self.min_face]
-            dets = dets[nms(dets.boxes, dets.scores, self.nms_iou)]
-        return dets
+        return self.detector.finish(dets) if self._raw else dets
 
 
 # -- redaction in YUV ---------------------------------------------------------------------
