@@ -453,3 +453,58 @@ def test_cli_run_on_a_folder_with_a_real_clip(tmp_path, cli):
     dets = dets[dets.key == "talk.mp4"]
     assert dets.frame.nunique() > 200 and (dets.track_id >= 0).all()
     assert dets.detected.any()
+
+
+# -- never a hang ---------------------------------------------------------------------------
+class SlowDetector(FakeDetector):
+    def detect(self, image):
+        if self.calls == 3:
+            import time
+
+            time.sleep(2.5)  # longer than the (shortened) stall limit
+        return super().detect(image)
+
+
+def test_stalled_pipeline_fails_instead_of_waiting(tmp_path, monkeypatch):
+    monkeypatch.setattr(video, "_STALL", 1.0)
+    src = make_clip(tmp_path / "in.mp4", frames=30)
+    out = tmp_path / "out.mp4"
+    with pytest.raises(DecodeError, match="no progress"):
+        sanitize(src, out, SlowDetector(), "mp4")
+    assert not out.exists()
+
+
+class HangingInput:
+    """A container whose demuxer stops returning (as a decoder stuck in native code would)
+    and ignores the pipeline's stop signal until `gate` is set."""
+
+    def __init__(self, real, gate) -> None:
+        self._real, self._gate = real, gate
+
+    def __getattr__(self, name):
+        return getattr(self._real, name)
+
+    def demux(self, *args, **kwargs):
+        for i, packet in enumerate(self._real.demux(*args, **kwargs)):
+            if i == 5:
+                self._gate.wait()
+            yield packet
+
+
+def test_stage_stuck_in_native_code_fails_the_file(tmp_path, monkeypatch):
+    import threading
+
+    gate = threading.Event()
+    real_open = av.open
+    monkeypatch.setattr(video, "_STALL", 1.0)
+    monkeypatch.setattr(video, "_JOIN", 0.3)
+    src = make_clip(tmp_path / "in.mp4", frames=30)
+    monkeypatch.setattr(video.av, "open", lambda *a, **k: HangingInput(real_open(*a, **k), gate))
+    out = tmp_path / "out.mp4"
+    try:
+        with pytest.raises(DecodeError, match="no progress") as info:
+            sanitize(src, out, FakeDetector(), "mp4")
+        assert info.value.stuck == ["sanitizer-decode"]
+        assert not out.exists()
+    finally:
+        gate.set()  # let the stuck thread see the stop and end

@@ -27,6 +27,7 @@ import contextlib
 import os
 import queue
 import threading
+import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -59,6 +60,10 @@ EXTENSIONS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "mkv", ".webm
 FALLBACK_AUDIO = {"webm": "libopus"}
 
 _QUEUE = 6  # frames in flight between stages (each way)
+# A stage that waits this long for its neighbour (no frame decoded, detected or encoded) treats
+# the pipeline as hung: the file fails instead of holding its worker for ever.
+_STALL = 300.0
+_JOIN = 5.0  # seconds a stage gets to notice a stop; one that does not is stuck in native code
 _MAX_LEAD = 32  # most frames held back by the tracker's look-ahead
 _END = object()
 
@@ -196,7 +201,21 @@ class _Stage(threading.Thread):
             self.stop.set()
 
 
+class _Hung(DecodeError):
+    """A stage made no progress for `_STALL` seconds; `stuck` names stage threads that did
+    not stop (still inside native code)."""
+
+    stuck: list[str] = []  # noqa: RUF012 - replaced per instance, never mutated
+
+
+def _stalled(stuck: list[str] | None = None) -> _Hung:
+    exc = _Hung(f"video pipeline made no progress for {_STALL:g} s (decoder or encoder hung)")
+    exc.stuck = stuck or []
+    return exc
+
+
 def _put(q: queue.Queue, item, stop: threading.Event) -> None:
+    deadline = time.monotonic() + _STALL
     while True:
         if stop.is_set():
             raise _Abort
@@ -204,17 +223,20 @@ def _put(q: queue.Queue, item, stop: threading.Event) -> None:
             q.put(item, timeout=0.1)
             return
         except queue.Full:
-            continue
+            if time.monotonic() > deadline:
+                raise _stalled() from None
 
 
 def _get(q: queue.Queue, stop: threading.Event):
+    deadline = time.monotonic() + _STALL
     while True:
         if stop.is_set():
             raise _Abort
         try:
             return q.get(timeout=0.1)
         except queue.Empty:
-            continue
+            if time.monotonic() > deadline:
+                raise _stalled() from None
 
 
 def _muxer(container: str, out_path: str) -> tuple[str, str]:
@@ -242,11 +264,14 @@ def sanitize(src_path: str, out_path: str, detector, params: RedactParams, vcfg,
         raise DecodeError(f"cannot open video: {_reason(exc)}") from None
     try:
         return _run(inp, out_path, kind, muxer, FrameDetector(detector), params, vcfg)
-    except BaseException:
+    except BaseException as exc:
         _remove(out_path)  # never leave a partial output behind
+        if isinstance(exc, _Hung) and exc.stuck:
+            inp = None  # a stage is still inside FFmpeg with it: leave it to that thread
         raise
     finally:
-        inp.close()
+        if inp is not None:
+            inp.close()
 
 
 def _remove(path: str) -> None:
@@ -441,13 +466,16 @@ def _run(inp, out_path: str, kind: str, muxer: str, fdet: FrameDetector, params:
         raise
     finally:
         if stop.is_set():
-            dec.join()
-            enc.join()
-            if out_state["out"] is not None:
+            stuck = _join(dec, _JOIN) + _join(enc, _JOIN)
+            if out_state["out"] is not None and enc.name not in stuck:
                 with contextlib.suppress(av.error.FFmpegError):
                     out_state["out"].close()
-    dec.join()
-    enc.join()
+            if stuck:
+                raise _stalled(stuck) from None
+    stuck = _join(dec, _STALL) + _join(enc, _STALL)
+    if stuck:
+        stop.set()
+        raise _stalled(stuck)
     for stage, wrap in ((dec, DecodeError), (enc, EncodeError)):
         if stage.error is not None:
             exc = stage.error
@@ -465,6 +493,12 @@ def _run(inp, out_path: str, kind: str, muxer: str, fdet: FrameDetector, params:
     outcome.fps = float(rate) if rate else (outcome.frames / float(dur) if dur else 0.0)
     outcome.dropped_packets = stats["dropped"] + max(0, declared - stats["frames"])
     return outcome
+
+
+def _join(stage: _Stage, timeout: float) -> list[str]:
+    """Join a stage thread; [its name] if it is still running after `timeout` (stuck)."""
+    stage.join(timeout)
+    return [stage.name] if stage.is_alive() else []
 
 
 _POOLS: dict[int, ThreadPoolExecutor] = {}
