@@ -212,7 +212,7 @@ def client_for(cfg: Config) -> Iterator[tuple[Any, ClusterInfo]]:
         try:
             cluster = LocalCluster(
                 n_workers=n, threads_per_worker=ex.threads_per_worker, processes=True,
-                dashboard_address=None, silence_logs=logging.ERROR,
+                dashboard_address=None, silence_logs=logging.CRITICAL,  # the CLI is the only printer
                 memory_limit=ex.memory_limit,
                 env={"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"},
             )

@@ -109,11 +109,25 @@ def published(dst: storage.Location, fingerprint: str) -> dict[str, str]:
     return out
 
 
+def _prepare_model(cfg: Config) -> None:
+    from sanitizer.detect import get_detector
+
+    get_detector(cfg.detect)
+
+
 def run(p: Plan, cfg: Config, on_event: Event = _noop) -> Summary:
     """Process a plan; audit parts are written as shards finish, the run row at the end."""
     from sanitizer.execute import client_for, ignore_sigint_while_spawning
 
     started = time.time()
+    if p.shards and cfg.detect.detector == "centerface" and cfg.detect.precision == "int8":
+        from sanitizer.detect.centerface import int8_ready
+
+        if not int8_ready():
+            # first run on this machine: derive the int8 network here, before any worker
+            # starts, so workers read it from the cache instead of waiting for it
+            on_event("model_prepare")
+            _prepare_model(cfg)
     # The cluster starts in the background while the driver prepares (model check, manifest,
     # skipped rows): that overlap is ~0.5 s of every run's start-up.
     stack = contextlib.ExitStack()
@@ -154,11 +168,6 @@ def _run(p: Plan, cfg: Config, on_event: Event, started: float, cluster,
     from sanitizer.execute import map_shards
     from sanitizer.process import Context, failure, process_item
 
-    if cfg.detect.detector == "centerface" and cfg.detect.precision == "int8":
-        from sanitizer.detect.centerface import int8_ready
-
-        if not int8_ready():
-            on_event("model_prepare")  # first run on this machine: the int8 network is derived once
     detector = get_detector(cfg.detect)  # fail before any work if the model is unusable
     storage.makedirs(p.dst)
     summary = Summary(p.run_id, p.dst.url, audit.audit_uri(p.dst), n_files=len(p.items))

@@ -234,3 +234,22 @@ def test_ctrl_c_stops_cleanly(tmp_path):
 def audit_files(dst: Path) -> pd.DataFrame:
     part = dst / "_audit" / "files"
     return pd.read_parquet(part) if part.exists() else pd.DataFrame({"key": []})
+
+
+def test_first_run_on_a_machine_derives_the_int8_model_once(tmp_path):
+    """A fresh machine (empty model cache): one line says the model is being derived, the
+    workers use the cached result, and nothing but sanitizer's own lines is printed."""
+    from tests.conftest import astronaut, jpeg_bytes
+
+    src, dst, cache = tmp_path / "src", tmp_path / "dst", tmp_path / "cache"
+    src.mkdir()
+    for i in range(3):
+        (src / f"face{i}.jpg").write_bytes(jpeg_bytes(astronaut()))
+    proc = run_cli("run", str(src), str(dst), "--workers", "2", env={"SANITIZER_CACHE": str(cache)})
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout + proc.stderr
+    assert out.count("deriving the int8 CenterFace network") == 1
+    assert "Traceback" not in out and "Error" not in out
+    assert len(list(cache.glob("centerface-int8-*.onnx"))) == 1
+    again = run_cli("run", str(src), str(tmp_path / "dst2"), env={"SANITIZER_CACHE": str(cache)})
+    assert again.returncode == 0 and "deriving" not in again.stdout + again.stderr
