@@ -213,6 +213,9 @@ def client_for(cfg: Config) -> Iterator[tuple[Any, ClusterInfo]]:
             cluster = LocalCluster(
                 n_workers=n, threads_per_worker=ex.threads_per_worker, processes=True,
                 dashboard_address=None, silence_logs=logging.CRITICAL,  # the CLI is the only printer
+                # no dashboard; the scheduler's HTTP endpoint (health, metrics) on a free loopback
+                # port, not 8787: two jobs at once on one machine must not collide or warn
+                scheduler_kwargs={"dashboard": False, "dashboard_address": "127.0.0.1:0"},
                 memory_limit=ex.memory_limit,
                 env={"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"},
             )

@@ -253,3 +253,18 @@ def test_first_run_on_a_machine_derives_the_int8_model_once(tmp_path):
     assert len(list(cache.glob("centerface-int8-*.onnx"))) == 1
     again = run_cli("run", str(src), str(tmp_path / "dst2"), env={"SANITIZER_CACHE": str(cache)})
     assert again.returncode == 0 and "deriving" not in again.stdout + again.stderr
+
+
+def test_two_jobs_on_one_machine_do_not_collide_on_ports(tmp_path, photo_dir):
+    """The embedded scheduler opens no dashboard and no fixed port (8787 is often taken, e.g.
+    by a second sanitizer job or a notebook's Dask): nothing but sanitizer's lines is printed."""
+    import contextlib
+    import socket
+
+    with contextlib.closing(socket.socket()) as busy:
+        with contextlib.suppress(OSError):  # already taken by someone else: just as good
+            busy.bind(("0.0.0.0", 8787))
+            busy.listen()
+        proc = run_cli("run", str(photo_dir), str(tmp_path / "dst"), "--workers", "1")
+    assert proc.returncode == 1, proc.stderr  # the broken JPEG of photo_dir fails
+    assert "8787" not in proc.stderr and "Warning" not in proc.stderr, proc.stderr
