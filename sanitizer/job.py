@@ -85,7 +85,7 @@ def plan(src_url: str, dst_url: str, cfg: Config, on_event: Event = _noop) -> Pl
 
     src, dst = locations(src_url, dst_url, cfg)
     on_event("listing", source=src.url)
-    items = manifest.build(src, include_hidden=cfg.input.include_hidden, with_hash=False)
+    items = manifest.build(src, include_hidden=cfg.input.include_hidden, with_hash=False, trust_extensions=True)
     workers = cfg.execution.workers or os.cpu_count() or 1
     shards = shard([i for i in items if i.kind != "other"], workers,
                    cfg.execution.shard_bytes, cfg.execution.shard_files)

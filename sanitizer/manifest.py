@@ -1,7 +1,14 @@
-"""SRC → MediaItem rows: list every file, sniff its kind from magic bytes, size and hash."""
+"""SRC → MediaItem rows: list every file, sniff its kind from magic bytes, size and hash.
+
+`run` lists with `trust_extensions=True`: files with a media extension are classified by it
+without being opened (one ranged read per object made listing a bucket of millions take
+minutes), and the worker that reads the file anyway re-sniffs its bytes (`sniff`) and goes by
+those (process.py); only files without a known extension are sniffed here.
+"""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
@@ -10,6 +17,16 @@ from sanitizer.errors import StorageError
 from sanitizer.records import MANIFEST_SCHEMA, MediaItem, to_table
 
 HEAD_BYTES = 64
+
+# extension -> (kind, format) as `sniff` names them
+EXTENSIONS = {
+    ".jpg": ("image", "jpeg"), ".jpeg": ("image", "jpeg"), ".jpe": ("image", "jpeg"),
+    ".png": ("image", "png"), ".gif": ("image", "gif"), ".webp": ("image", "webp"),
+    ".tif": ("image", "tiff"), ".tiff": ("image", "tiff"), ".bmp": ("image", "bmp"),
+    ".heic": ("image", "heif"), ".heif": ("image", "heif"), ".avif": ("image", "avif"),
+    ".mp4": ("video", "mp4"), ".m4v": ("video", "mp4"), ".mov": ("video", "mov"),
+    ".mkv": ("video", "mkv"), ".webm": ("video", "webm"), ".avi": ("video", "avi"),
+}
 
 _FTYP_IMAGE = {b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1", b"avif", b"avis"}
 _MOV_ATOMS = {b"moov", b"mdat", b"wide", b"free", b"skip", b"pnot"}
@@ -48,16 +65,22 @@ def build(
     *,
     include_hidden: bool = False,
     with_hash: bool = True,
+    trust_extensions: bool = False,
     threads: int = 16,
     on_item: Callable[[MediaItem], None] | None = None,
 ) -> list[MediaItem]:
-    """List SRC. Hashing reads every byte; `run` leaves it to the workers (with_hash=False)."""
+    """List SRC. Hashing reads every byte; `run` leaves it to the workers (with_hash=False)
+    and so is sniffing of files with a media extension (trust_extensions=True)."""
     entries = list(storage.walk(src, include_hidden))
 
     def one(entry: tuple[str, int]) -> MediaItem:
         key, size = entry
         try:
-            kind, fmt = sniff(storage.read_head(src, key, HEAD_BYTES)) if size else ("other", "")
+            by_name = EXTENSIONS.get(os.path.splitext(key)[1].lower()) if trust_extensions and size else None
+            if by_name:
+                kind, fmt = by_name
+            else:
+                kind, fmt = sniff(storage.read_head(src, key, HEAD_BYTES)) if size else ("other", "")
             digest = storage.sha256_of(src, key) if with_hash else ""
         except StorageError:
             kind, fmt, digest = "other", "", ""

@@ -8,6 +8,7 @@ earlier run at the same key is removed.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import socket
@@ -19,6 +20,7 @@ from typing import Any
 from sanitizer import storage
 from sanitizer.config import Config
 from sanitizer.errors import SanitizerError, StorageError
+from sanitizer.manifest import HEAD_BYTES, sniff
 from sanitizer.records import Detections, FileResult, MediaItem
 from sanitizer.redact import RedactParams, params_from_config
 
@@ -46,6 +48,23 @@ class Context:
 
 class _Unchanged(Exception):
     """The source and the config are those of an output already published at DST."""
+
+
+class _OtherKind(Exception):
+    """The file's bytes are another kind than the manifest guessed from its name."""
+
+    def __init__(self, kind: str, fmt: str) -> None:
+        super().__init__(kind)
+        self.kind, self.format = kind, fmt
+
+
+def _sniffed(item: MediaItem, head: bytes) -> str:
+    """The format the file's first bytes show (the manifest may have gone by the extension);
+    raises _OtherKind when they show another kind (or no media at all)."""
+    kind, fmt = sniff(head[:HEAD_BYTES])
+    if kind != item.kind:
+        raise _OtherKind(kind, fmt)
+    return fmt
 
 
 def _skip_if_unchanged(item: MediaItem, ctx: Context, digest: str) -> None:
@@ -111,6 +130,8 @@ def process_item(item: MediaItem, ctx: Context) -> tuple[dict[str, Any], list[di
     except _Unchanged:
         res.status, res.error, dets = "skipped", "unchanged: already published with the same source and config", []
         res.output_uri = ctx.dst.uri(item.key)
+    except _OtherKind as other:  # e.g. a text file named .jpg, an MP4 named .jpg: go by the bytes
+        return process_item(dataclasses.replace(item, kind=other.kind, format=other.format), ctx)
     except SanitizerError as exc:  # MediaError, StorageError, DetectorError...
         res.status, res.error, dets = "failed", _one_line(exc), []
     except MemoryError:
@@ -134,6 +155,7 @@ def _process_image(item: MediaItem, ctx: Context, res: FileResult) -> list[dict[
     from sanitizer.media import image
 
     data = storage.read_bytes(ctx.src, item.key)
+    _sniffed(item, data)
     res.source_sha256 = hashlib.sha256(data).hexdigest()
     _skip_if_unchanged(item, ctx, res.source_sha256)
     out = image.sanitize(
@@ -154,13 +176,15 @@ def _process_video(item: MediaItem, ctx: Context, res: FileResult) -> list[dict[
     from sanitizer.media import video
 
     with storage.local_copy(ctx.src, item.key) as (src_path, digest):
+        with open(src_path, "rb") as f:
+            container = _sniffed(item, f.read(HEAD_BYTES))
         res.source_sha256 = digest
         _skip_if_unchanged(item, ctx, digest)
         suffix = os.path.splitext(item.key)[1] or f".{item.format}"
         with tempfile.TemporaryDirectory(prefix="sanitizer-out-") as tmp:
             out_path = os.path.join(tmp, "out" + suffix)
             out = video.sanitize(src_path, out_path, ctx.detector, ctx.params, ctx.cfg.video,
-                                 container=item.format)
+                                 container=container)
             rows = []
             for frame, t_ms, faces, track_ids, detected in out.detections:
                 rows += detection_rows(ctx.run_id, item.key, frame, t_ms, faces, track_ids, detected)

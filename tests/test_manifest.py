@@ -51,3 +51,15 @@ def test_build_on_memory_filesystem():
     items = manifest.build(loc)
     assert [(i.key, i.kind) for i in items] == [("x/y.png", "image")]
     assert items[0].uri.startswith("memory://")
+
+
+def test_run_manifest_trusts_media_extensions_without_reading(tmp_path, monkeypatch):
+    (tmp_path / "a.jpg").write_bytes(b"not really a jpeg")
+    (tmp_path / "b.MP4").write_bytes(b"x" * 10)
+    (tmp_path / "c.dat").write_bytes(b"\xff\xd8\xff\xe0" + b"\x00" * 10)
+    reads = []
+    real = storage.read_head
+    monkeypatch.setattr(storage, "read_head", lambda loc, key, n: reads.append(key) or real(loc, key, n))
+    items = {i.key: i for i in manifest.build(storage.location(str(tmp_path)), with_hash=False, trust_extensions=True)}
+    assert reads == ["c.dat"]  # only the file without a media extension is opened
+    assert (items["a.jpg"].kind, items["b.MP4"].kind, items["c.dat"].kind) == ("image", "video", "image")

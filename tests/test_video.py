@@ -508,3 +508,22 @@ def test_stage_stuck_in_native_code_fails_the_file(tmp_path, monkeypatch):
         assert not out.exists()
     finally:
         gate.set()  # let the stuck thread see the stop and end
+
+
+def test_run_goes_by_content_when_the_extension_lies(tmp_path, cli):
+    """The manifest of `run` classifies by extension; the worker re-sniffs the bytes: an MP4
+    named .jpg is processed as a video, a text file named .jpg is skipped as not media."""
+    import pandas as pd
+
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    src.mkdir()
+    make_clip(tmp_path / "clip.mp4", frames=12)
+    shutil.copy(tmp_path / "clip.mp4", src / "clip.jpg")
+    (src / "note.jpg").write_text("hello, not an image")
+    proc = cli("run", str(src), str(dst), "--workers", "1")
+    assert proc.returncode == 0, proc.stderr
+    rows = pd.read_parquet(dst / "_audit" / "files").set_index("key")
+    assert rows.loc["clip.jpg", "status"] == "ok" and rows.loc["clip.jpg", "kind"] == "video"
+    assert rows.loc["clip.jpg", "frames"] == 12
+    assert rows.loc["note.jpg", "status"] == "skipped" and "by content" in rows.loc["note.jpg", "error"]
+    assert (dst / "clip.jpg").exists() and not (dst / "note.jpg").exists()
