@@ -12,6 +12,7 @@ import math
 import os
 import signal
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -65,6 +66,10 @@ def process_shard(items: list[MediaItem], run_id: str, cfg_dict: dict[str, Any],
     from sanitizer.process import process_item
 
     ctx = _worker_context(run_id, cfg_dict, src_url, dst_url, previous)
+    if cfg_dict["execution"]["scheduler"]:
+        # someone else's cluster outlives an interrupted driver: publish only while the run
+        # has not been stopped (see stop_remote_tasks)
+        ctx.may_publish = lambda: not _run_stopped(run_id)
     crash_on = os.environ.get(_TEST_CRASH_ENV)
     results = []
     for item in items:
@@ -72,6 +77,21 @@ def process_shard(items: list[MediaItem], run_id: str, cfg_dict: dict[str, Any],
             os._exit(70)
         results.append(process_item(item, ctx))
     return results
+
+
+def _stop_event(run_id: str) -> str:
+    return f"sanitizer-stop-{run_id}"
+
+
+def _run_stopped(run_id: str) -> bool:
+    """Worker side: has the driver stopped this run? When the scheduler cannot say, the answer
+    is yes: a result that cannot reach the driver would be an output without an audit row."""
+    from distributed import Event, get_client
+
+    try:
+        return Event(_stop_event(run_id), client=get_client()).is_set()
+    except Exception:  # noqa: BLE001 - any failure to ask counts as stopped (fail closed)
+        return True
 
 
 class _ThreadLimits(WorkerPlugin):
@@ -230,6 +250,23 @@ def client_for(cfg: Config) -> Iterator[tuple[Any, ClusterInfo]]:
                 client.close()
         finally:
             cluster.close()
+
+
+def stop_remote_tasks(client: Any, run_id: str, timeout: float = 30.0) -> None:
+    """Driver side, when a run on an existing cluster stops early: tell the run's tasks still
+    running on remote workers not to publish, and wait (at most `timeout` s) until they have
+    ended, so the clean-up that follows sees every output that will ever be written."""
+    from distributed import Event
+
+    prefix = f"sanitize-{run_id}-"
+    with contextlib.suppress(Exception):  # best effort: the scheduler may be the thing that failed
+        Event(_stop_event(run_id), client=client).set()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            busy = [k for keys in client.processing().values() for k in keys if str(k).startswith(prefix)]
+            if not busy:
+                return
+            time.sleep(0.2)
 
 
 def map_shards(

@@ -152,11 +152,15 @@ def run(p: Plan, cfg: Config, on_event: Event = _noop) -> Summary:
 def _unpublish_unrecorded(p: Plan, recorded: set[str]) -> None:
     """After a run that stopped early: outputs that tasks wrote but whose audit rows were never
     recorded are removed (unless an earlier run published them), so every output at DST has
-    its audit row; the next run redoes those files."""
+    its audit row; the next run redoes those files. What counts as recorded is what the audit
+    holds: an interrupt can land between writing a part and noting it in `recorded`."""
     pending = {i.key for s in p.shards for i in s} - recorded - set(p.previous)
     if not pending:
         return
     with contextlib.suppress(StorageError):
+        pending -= set(audit.read(p.dst, "files", p.run_id).key)
+        if not pending:
+            return
         for key, _ in storage.walk(p.dst, include_hidden=True):
             if key in pending:
                 storage.remove(p.dst, key)
@@ -177,8 +181,9 @@ def _run(p: Plan, cfg: Config, on_event: Event, started: float, cluster,
     def record(rows: list[tuple[dict[str, Any], list[dict[str, Any]]]], part: str) -> None:
         files = [r for r, _ in rows]
         dets = [d for _, ds in rows for d in ds]
-        audit.write_part(p.dst, "files", part, files)
+        # faces first: a files row (what makes an output count as recorded) never lacks them
         audit.write_part(p.dst, "detections", part, dets)
+        audit.write_part(p.dst, "files", part, files)
         recorded.update(r["key"] for r in files)
         for r in files:
             if r["status"] == "ok":
@@ -226,6 +231,10 @@ def _run(p: Plan, cfg: Config, on_event: Event, started: float, cluster,
         raise
     finally:
         if status != "complete":
+            if cfg.execution.scheduler and cluster is not None and cluster.done() and not cluster.exception():
+                from sanitizer.execute import stop_remote_tasks
+
+                stop_remote_tasks(cluster.result()[0], p.run_id)  # an existing cluster outlives us
             close_cluster()  # no task may write after the clean-up below
             _unpublish_unrecorded(p, recorded)
         summary.seconds = time.time() - started

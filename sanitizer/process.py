@@ -14,6 +14,7 @@ import os
 import socket
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,6 +39,8 @@ class Context:
     params: RedactParams
     # key -> source sha256 of files an earlier run already published with this fingerprint
     previous: dict[str, str] = field(default_factory=dict)
+    # asked right before an output is written; False when the run was stopped meanwhile
+    may_publish: Callable[[], bool] | None = None
 
     @classmethod
     def create(cls, run_id: str, cfg: Config, detector, src: storage.Location, dst: storage.Location,
@@ -65,6 +68,11 @@ def _sniffed(item: MediaItem, head: bytes) -> str:
     if kind != item.kind:
         raise _OtherKind(kind, fmt)
     return fmt
+
+
+def _check_may_publish(ctx: Context) -> None:
+    if ctx.may_publish is not None and not ctx.may_publish():
+        raise StorageError("not published: the run was stopped")
 
 
 def _skip_if_unchanged(item: MediaItem, ctx: Context, digest: str) -> None:
@@ -166,6 +174,7 @@ def _process_image(item: MediaItem, ctx: Context, res: FileResult) -> list[dict[
     for frame, t_ms, faces in out.detections:
         rows += detection_rows(ctx.run_id, item.key, frame, t_ms, faces)
     res.frames = len(out.detections)
+    _check_may_publish(ctx)
     res.output_uri = storage.put_bytes(ctx.dst, item.key, out.payload)
     res.output_sha256 = hashlib.sha256(out.payload).hexdigest()
     res.n_faces = len(rows)
@@ -195,6 +204,7 @@ def _process_video(item: MediaItem, ctx: Context, res: FileResult) -> list[dict[
             with open(out_path, "rb") as f:
                 while chunk := f.read(1 << 20):
                     h.update(chunk)
+            _check_may_publish(ctx)
             res.output_uri = storage.put_file(ctx.dst, item.key, out_path)
             res.output_sha256 = h.hexdigest()
     res.n_faces = len(rows)
