@@ -34,6 +34,36 @@ def run_cli(*args: str, timeout: float = 600, env: dict[str, str] | None = None)
     )
 
 
+def faces_folder(src: Path, n: int) -> Path:
+    """`n` copies of the astronaut photo (a job long enough to interrupt)."""
+    src.mkdir(parents=True, exist_ok=True)
+    data = jpeg_bytes(astronaut())
+    for i in range(n):
+        (src / f"{i:03d}.jpg").write_bytes(data)
+    return src
+
+
+def interrupt_cli(*args: str, after_s: float, timeout: float = 90) -> tuple[int, str, str]:
+    """Run the CLI in its own process group, press Ctrl-C (SIGINT to the group, as a terminal
+    does) `after_s` seconds after its cluster is up; (exit code, stdout, stderr)."""
+    import signal
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-m", "sanitizer", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True, stdin=subprocess.DEVNULL)
+    try:
+        for line in proc.stderr:  # wait until the cluster runs
+            if "dask:" in line:
+                break
+        time.sleep(after_s)
+        os.killpg(proc.pid, signal.SIGINT)
+        out, errs = proc.communicate(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    return proc.returncode, out, errs
+
+
 @pytest.fixture
 def cli():
     return run_cli

@@ -1,6 +1,5 @@
 """The real entry point on generated media: outputs, audit, fail-closed, errors."""
 
-import time
 from pathlib import Path
 
 import numpy as np
@@ -8,7 +7,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from tests.conftest import run_cli
+from tests.conftest import faces_folder, interrupt_cli, run_cli
 
 
 @pytest.fixture(scope="module")
@@ -195,32 +194,9 @@ def test_worker_crash_fails_only_that_file(tmp_path):
 def test_ctrl_c_stops_cleanly(tmp_path):
     """Ctrl-C (SIGINT to the whole process group, as a terminal sends it) ends the job with one
     line and exit 130; the audit keeps what finished and records the run as interrupted."""
-    import os
-    import signal
-    import subprocess
-    import sys
-
-    from tests.conftest import astronaut, jpeg_bytes
-
-    src, dst = tmp_path / "src", tmp_path / "dst"
-    src.mkdir()
-    data = jpeg_bytes(astronaut())
-    for i in range(300):
-        (src / f"{i:03d}.jpg").write_bytes(data)
-    proc = subprocess.Popen([sys.executable, "-m", "sanitizer", "run", str(src), str(dst), "--workers", "2"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True, stdin=subprocess.DEVNULL)
-    try:
-        for line in proc.stderr:  # wait until the cluster runs
-            if "dask:" in line:
-                break
-        time.sleep(3.0)
-        os.killpg(proc.pid, signal.SIGINT)
-        out, errs = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-    assert proc.returncode == 130, errs
+    src, dst = faces_folder(tmp_path / "src", 300), tmp_path / "dst"
+    code, out, errs = interrupt_cli("run", str(src), str(dst), "--workers", "2", after_s=3.0, timeout=60)
+    assert code == 130, errs
     assert "Traceback" not in out + errs and "interrupted" in errs
     runs = pd.read_parquet(dst / "_audit" / "runs")
     assert runs.status.tolist() == ["interrupted"]

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from tests.conftest import run_cli
+from tests.conftest import faces_folder, interrupt_cli, run_cli
 from tests.servers import (  # noqa: F401 - fixtures
     DaskCluster,
     S3Server,
@@ -132,31 +132,9 @@ def test_interrupted_run_leaves_no_output_without_a_row(dask_cluster: DaskCluste
     """Ctrl-C on a job running on someone's cluster: tasks already running on the remote
     workers cannot be killed, so the driver tells them to stop and waits for them; none
     publishes after the clean-up, so every output at DST has its audit row."""
-    import os
-    import signal
-    import subprocess
-
-    from tests.conftest import astronaut, jpeg_bytes
-
-    src, dst = tmp_path / "src", tmp_path / "dst"
-    src.mkdir()
-    data = jpeg_bytes(astronaut())
-    for i in range(240):
-        (src / f"{i:03d}.jpg").write_bytes(data)
-    proc = subprocess.Popen([sys.executable, "-m", "sanitizer", "run", str(src), str(dst), "--scheduler", dask_cluster.address],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True, stdin=subprocess.DEVNULL)
-    try:
-        for line in proc.stderr:
-            if "dask:" in line:
-                break
-        time.sleep(2.0)
-        os.killpg(proc.pid, signal.SIGINT)
-        out, errs = proc.communicate(timeout=90)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-    assert proc.returncode == 130, errs
+    src, dst = faces_folder(tmp_path / "src", 240), tmp_path / "dst"
+    code, _, errs = interrupt_cli("run", str(src), str(dst), "--scheduler", dask_cluster.address, after_s=2.0)
+    assert code == 130, errs
     time.sleep(6.0)  # anything the remote workers were still doing has finished by now
     part = dst / "_audit" / "files"
     rows = pd.read_parquet(part) if part.exists() else pd.DataFrame({"key": [], "status": []})
