@@ -58,7 +58,8 @@ class DetectConfig:
     max_side: int = 1920  # long side for the 1x pass; bigger images are downscaled (or tiled)
     threads: int = 1  # inference threads per worker process
     # CenterFace network precision: int8 (statically quantized once per machine from the
-    # wheel's fp32 file; 1.6-1.7x faster, same dev-set recall) or fp32 (the file as shipped)
+    # wheel's fp32 file; 1.6-1.7x faster, same dev-set recall; CPUs without int8 dot-product
+    # instructions run fp32 instead, see detect/quantize.py) or fp32 (the file as shipped)
     precision: str = "int8"
     haar_scale_factor: float = 1.1
     haar_min_neighbors: int = 4

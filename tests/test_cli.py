@@ -221,13 +221,14 @@ def test_first_run_on_a_machine_derives_the_int8_model_once(tmp_path):
     src.mkdir()
     for i in range(3):
         (src / f"face{i}.jpg").write_bytes(jpeg_bytes(astronaut()))
-    proc = run_cli("run", str(src), str(dst), "--workers", "2", env={"SANITIZER_CACHE": str(cache)})
+    env = {"SANITIZER_CACHE": str(cache), "SANITIZER_INT8": "1"}  # int8 even on a CPU that would run fp32
+    proc = run_cli("run", str(src), str(dst), "--workers", "2", env=env)
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout + proc.stderr
     assert out.count("deriving the int8 CenterFace network") == 1
     assert "Traceback" not in out and "Error" not in out
     assert len(list(cache.glob("centerface-int8-*.onnx"))) == 1
-    again = run_cli("run", str(src), str(tmp_path / "dst2"), env={"SANITIZER_CACHE": str(cache)})
+    again = run_cli("run", str(src), str(tmp_path / "dst2"), env=env)
     assert again.returncode == 0 and "deriving" not in again.stdout + again.stderr
 
 

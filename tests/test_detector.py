@@ -31,7 +31,19 @@ def _scenes() -> list[np.ndarray]:
     return [one, np.ascontiguousarray(crowd)]
 
 
-def test_int8_finds_the_faces_fp32_finds():
+@pytest.fixture
+def int8_on(monkeypatch):
+    """Run the int8 network whatever this CPU (quantize.int8_supported would pick fp32 without VNNI)."""
+    from sanitizer.detect import centerface
+
+    monkeypatch.setenv("SANITIZER_INT8", "1")
+    centerface._network.cache_clear()
+    yield
+    monkeypatch.delenv("SANITIZER_INT8")
+    centerface._network.cache_clear()
+
+
+def test_int8_finds_the_faces_fp32_finds(int8_on):
     fp32 = CenterFaceDetector(precision="fp32")
     int8 = CenterFaceDetector(precision="int8")
     assert fp32.model_sha256 != int8.model_sha256 and len(int8.model_sha256) == 64
@@ -77,3 +89,18 @@ def test_precision_option_validated():
     assert from_dict({"detect": {"precision": "fp32"}}).detect.precision == "fp32"
     with pytest.raises(ConfigError, match="precision"):
         from_dict({"detect": {"precision": "fp16"}})
+
+
+def test_cpu_without_int8_dot_product_runs_fp32(monkeypatch):
+    """u8s8 int8 kernels can saturate on CPUs without VNNI: there the detector runs fp32."""
+    from sanitizer.detect import centerface
+
+    monkeypatch.setenv("SANITIZER_INT8", "0")
+    centerface._network.cache_clear()
+    try:
+        det = CenterFaceDetector(precision="int8")
+        assert det.model_sha256 == CenterFaceDetector(precision="fp32").model_sha256
+        assert centerface.int8_ready()
+    finally:
+        monkeypatch.delenv("SANITIZER_INT8")
+        centerface._network.cache_clear()

@@ -76,20 +76,24 @@ def _network(path: str, precision: str) -> tuple[bytes, str]:
     """The graph to run and its sha256: the prepared fp32 graph (sha of the weights file), or
     its int8 quantization (sha of the quantized graph, see quantize.py)."""
     data, sha = _prepared_model(path)
-    if precision == "fp32":
-        return data, sha
-    if precision != "int8":
+    if precision not in PRECISIONS:
         raise DetectorError(f"unknown model precision {precision!r} (known: {', '.join(PRECISIONS)})")
-    from sanitizer.detect.quantize import int8_model
+    from sanitizer.detect.quantize import int8_model, int8_supported
+
+    if precision == "fp32" or not int8_supported():
+        return data, sha
 
     q = int8_model(data, sha)
     return q, hashlib.sha256(q).hexdigest()
 
 
 def int8_ready(path: str | None = None) -> bool:
-    """Whether the int8 network is already cached on this machine (else building it takes ~7 s)."""
-    from sanitizer.detect.quantize import cache_path
+    """Whether the int8 network is ready: cached on this machine (else building it takes ~7 s),
+    or not needed because this CPU runs fp32 (see quantize.int8_supported)."""
+    from sanitizer.detect.quantize import cache_path, int8_supported
 
+    if not int8_supported():
+        return True
     _, sha = _prepared_model(str(path or model_path()))
     return cache_path(sha).is_file()
 

@@ -8,6 +8,8 @@ on public-domain pictures that ship with scikit-image (a portrait, scenes withou
 synthetic crowd of that portrait's head at 14-96 px, and a grid of LFW face crops), so no
 dataset of the user is read and every machine derives the same network.
 
+Only CPUs with int8 dot-product instructions run it (`int8_supported`); others run fp32.
+
 The result is cached under $SANITIZER_CACHE (default: $XDG_CACHE_HOME/sanitizer or
 ~/.cache/sanitizer) keyed by the fp32 file's sha256, the onnxruntime version and RECIPE;
 a lock file makes concurrent worker processes build it once. An unwritable cache only
@@ -30,6 +32,22 @@ from sanitizer.errors import DetectorError
 
 RECIPE = "qdq-u8s8-perchannel-minmax-skimage-v1"
 INPUT = "input.1"
+
+
+def int8_supported() -> bool:
+    """Whether this CPU has the int8 dot-product instructions onnxruntime's u8s8 kernels need
+    to be exact (x86: AVX-512 VNNI or AVX-VNNI; ARM: dot product). Without them (e.g. AVX2-only
+    x86) u8s8 products can saturate, so the detector runs fp32 instead. Linux flags only:
+    elsewhere the answer is no (fp32, the safe side). SANITIZER_INT8=0/1 overrides."""
+    forced = os.environ.get("SANITIZER_INT8", "").strip()
+    if forced in ("0", "1"):
+        return forced == "1"
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            flags = set(f.read().split())
+    except OSError:
+        return False
+    return bool(flags & {"avx512_vnni", "avx_vnni", "asimddp"})
 
 
 def cache_dir() -> Path:
