@@ -70,9 +70,13 @@ def _sniffed(item: MediaItem, head: bytes) -> str:
     return fmt
 
 
+class _Stopped(Exception):
+    """The run was stopped before this file's output was written."""
+
+
 def _check_may_publish(ctx: Context) -> None:
     if ctx.may_publish is not None and not ctx.may_publish():
-        raise StorageError("not published: the run was stopped")
+        raise _Stopped
 
 
 def _skip_if_unchanged(item: MediaItem, ctx: Context, digest: str) -> None:
@@ -124,6 +128,7 @@ def process_item(item: MediaItem, ctx: Context) -> tuple[dict[str, Any], list[di
     started = time.time()
     res = _result(ctx, item, status="failed", started=started)
     dets: list[dict[str, Any]] = []
+    stopped = False
     try:
         if item.kind == "other":
             res.status, res.error = "skipped", "not an image or video (by content)"
@@ -140,6 +145,9 @@ def process_item(item: MediaItem, ctx: Context) -> tuple[dict[str, Any], list[di
         res.output_uri = ctx.dst.uri(item.key)
     except _OtherKind as other:  # e.g. a text file named .jpg, an MP4 named .jpg: go by the bytes
         return process_item(dataclasses.replace(item, kind=other.kind, format=other.format), ctx)
+    except _Stopped:
+        res.status, res.error, dets = "failed", "not published: the run was stopped", []
+        stopped = True  # not this file's fault: an earlier run's output at this key stays
     except SanitizerError as exc:  # MediaError, StorageError, DetectorError...
         res.status, res.error, dets = "failed", _one_line(exc), []
     except MemoryError:
@@ -149,7 +157,7 @@ def process_item(item: MediaItem, ctx: Context) -> tuple[dict[str, Any], list[di
     if res.status == "failed":
         res.output_uri = res.output_sha256 = ""
         res.n_faces = 0
-        if item.kind != "other":
+        if item.kind != "other" and not stopped:
             try:  # never leave a stale output of an earlier run for a file that now fails
                 storage.remove(ctx.dst, item.key)
             except StorageError as exc:

@@ -41,3 +41,23 @@ def test_detections_value():
 
     with pytest.raises(ValueError):
         Detections([[0, 0, 1, 1]], [0.1, 0.2])
+
+
+def test_a_stopped_run_keeps_an_earlier_output_at_the_key(tmp_path):
+    """A file whose run is stopped before its output is written fails without touching the
+    output an earlier run published at that key (that output keeps its own audit row)."""
+    from sanitizer import storage
+    from sanitizer.config import Config
+    from sanitizer.process import Context, process_item
+    from sanitizer.records import MediaItem
+    from tests.conftest import astronaut, jpeg_bytes
+    from tests.test_image import FixedDetector
+
+    src, dst = storage.location(str(tmp_path / "src")), storage.location(str(tmp_path / "dst"))
+    storage.put_bytes(src, "a.jpg", jpeg_bytes(astronaut()))
+    storage.put_bytes(dst, "a.jpg", b"earlier run's output")
+    ctx = Context.create("r1", Config(), FixedDetector((200, 80, 300, 200)), src, dst)
+    ctx.may_publish = lambda: False
+    row, dets = process_item(MediaItem("a.jpg", src.uri("a.jpg"), "image", "jpeg", 1, ""), ctx)
+    assert row["status"] == "failed" and "stopped" in row["error"] and not dets
+    assert storage.read_bytes(dst, "a.jpg") == b"earlier run's output"
