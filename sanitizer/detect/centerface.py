@@ -115,6 +115,14 @@ def _session(path: str, precision: str, threads: int, thread_key: int):
         raise DetectorError(f"onnxruntime cannot load {path}: {exc}") from exc
 
 
+def to_blob(image: np.ndarray) -> np.ndarray:
+    """The network's input for an HxWx3 uint8 RGB image: 1x3xHxW float32, zero-padded to /32."""
+    h, w = image.shape[:2]
+    blob = np.zeros((1, 3, -(-h // 32) * 32, -(-w // 32) * 32), np.float32)
+    blob[0, :, :h, :w] = image.transpose(2, 0, 1)
+    return blob
+
+
 def decode(heatmap: np.ndarray, scale: np.ndarray, offset: np.ndarray, threshold: float) -> Detections:
     """Vectorised CenterFace decoding of one image's outputs (stride 4)."""
     hm = heatmap[0, 0]
@@ -238,10 +246,7 @@ class CenterFaceDetector:
     def infer(self, image: np.ndarray, threshold: float) -> Detections:
         """Run the network once on an RGB uint8 image at its own size."""
         h, w = image.shape[:2]
-        ph, pw = -(-h // 32) * 32, -(-w // 32) * 32
-        blob = np.zeros((1, 3, ph, pw), np.float32)
-        blob[0, :, :h, :w] = image.transpose(2, 0, 1)
-        heatmap, scale, offset, _ = self._session().run(OUTPUTS, {INPUT: blob})
+        heatmap, scale, offset, _ = self._session().run(OUTPUTS, {INPUT: to_blob(image)})
         dets = decode(heatmap, scale, offset, threshold)
         if len(dets):
             dets.boxes[:, [0, 2]] = dets.boxes[:, [0, 2]].clip(0, w)

@@ -31,7 +31,6 @@ import numpy as np
 from sanitizer.errors import DetectorError
 
 RECIPE = "qdq-u8s8-perchannel-minmax-skimage-v1"
-INPUT = "input.1"
 
 
 def int8_supported() -> bool:
@@ -96,13 +95,6 @@ def calibration_images() -> Iterator[np.ndarray]:
         yield _rgb(grid)
 
 
-def _blob(image: np.ndarray) -> np.ndarray:
-    h, w = image.shape[:2]
-    blob = np.zeros((1, 3, -(-h // 32) * 32, -(-w // 32) * 32), np.float32)
-    blob[0, :, :h, :w] = image.transpose(2, 0, 1)
-    return blob
-
-
 def build_int8(fp32: bytes) -> bytes:
     """Quantize the prepared fp32 CenterFace graph (dynamic dims) to QDQ int8."""
     import onnx
@@ -116,9 +108,11 @@ def build_int8(fp32: bytes) -> bytes:
     )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
+    from sanitizer.detect.centerface import INPUT, to_blob
+
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
-            self._it = (_blob(im) for im in calibration_images())
+            self._it = (to_blob(im) for im in calibration_images())
 
         def get_next(self):
             blob = next(self._it, None)

@@ -38,6 +38,7 @@ import av
 import numpy as np
 
 from sanitizer.errors import DecodeError, EncodeError, MediaError
+from sanitizer.manifest import EXTENSIONS as MANIFEST_EXTENSIONS
 from sanitizer.media.tracking import FrameBoxes, TemporalCoverage
 from sanitizer.records import Detections
 from sanitizer.redact import RedactParams, redact_inplace
@@ -56,7 +57,8 @@ class VideoOutcome:
 
 # sniffed container -> FFmpeg muxer name
 MUXERS = {"mp4": "mp4", "mov": "mov", "mkv": "matroska", "webm": "webm", "avi": "avi"}
-EXTENSIONS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "mkv", ".webm": "webm", ".avi": "avi"}
+# output extension -> container, when the caller did not say (the manifest's own table)
+EXTENSIONS = {ext: fmt for ext, (kind, fmt) in MANIFEST_EXTENSIONS.items() if kind == "video"}
 # audio encoder used when the container cannot hold the input's audio codec
 FALLBACK_AUDIO = {"webm": "libopus"}
 
