@@ -83,9 +83,14 @@ def _gaussian(roi: np.ndarray, side: float, p: RedactParams) -> np.ndarray:
     sigma = max(1.0, p.blur_strength * side)
     scale = min(1.0, 2.0 / sigma)
     sw, sh = max(1, int(round(w * scale))), max(1, int(round(h * scale)))
+    # Averaging a big face down to a few pixels reads every pixel (~1 ms for a 600 px face);
+    # an 8x8 grid of samples per output pixel gives the same few averages for ~1/50 the cost.
+    step = int(1 / scale) // 8
+    if step > 1:
+        roi = roi[::step, ::step]
     small = cv2.resize(roi, (sw, sh), interpolation=cv2.INTER_AREA)
     small = cv2.GaussianBlur(small, (0, 0), sigmaX=max(0.5, sigma * scale), borderType=cv2.BORDER_REPLICATE)
-    return cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR).reshape(roi.shape)
+    return cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR).reshape((h, w, *roi.shape[2:]))
 
 
 def _pixelate(roi: np.ndarray, side: float, p: RedactParams) -> np.ndarray:
@@ -143,8 +148,11 @@ def redact_inplace(image: np.ndarray, boxes: np.ndarray, params: RedactParams) -
         region = np.ascontiguousarray(view)
         side = float(np.sqrt(max(1.0, (box[2] - box[0]) * (box[3] - box[1])))) / params.margin
         redacted = method(region, side, params)
-        m = _region_mask(params.shape, box, roi)
-        view[m] = redacted[m]
+        if params.shape == "box":  # the whole region: a plain copy, no boolean indexing
+            view[...] = redacted
+        else:
+            m = _region_mask(params.shape, box, roi)
+            view[m] = redacted[m]
 
 
 def params_from_config(cfg) -> RedactParams:  # cfg: sanitizer.config.RedactConfig
