@@ -192,14 +192,115 @@ def ignore_sigint_while_spawning(embedded: bool) -> Callable[[], None]:
     return restore
 
 
-@contextlib.contextmanager
-def client_for(cfg: Config) -> Iterator[tuple[Any, ClusterInfo]]:
-    """A Dask client: an existing scheduler when configured, else an embedded LocalCluster."""
-    import dask
-    from distributed import Client, LocalCluster
+# dask settings of the embedded cluster, in force whenever it spawns workers
+_LOCAL_CONFIG = {
+    # The nanny's MALLOC_TRIM_THRESHOLD_ made OpenCV/onnxruntime ~1.5x slower (DESIGN.md).
+    "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None,
+    "distributed.worker.daemon": False,
+    "distributed.admin.tick.limit": "60s",
+    # a task whose worker died twice is poisonous: fail it (it is then split per file)
+    "distributed.scheduler.allowed-failures": 1,
+}
+WORKER_START_TIMEOUT = 120  # s for the first worker process of the embedded cluster to be up
+_SPAWN_TIMEOUT = 10  # s for a worker process to be created (not yet up)
 
+
+class LocalWorkers:
+    """The embedded LocalCluster, started without waiting for its workers.
+
+    `LocalCluster(n_workers=n)` blocks until every worker process has imported its libraries
+    (~0.5 s each on two cores). Here the scheduler starts with no worker and `scale` returns as
+    soon as the new processes exist, so a run can start its first worker before it lists SRC
+    and let it load while the driver plans (`job.prestart`). SIGINT is ignored only while the
+    processes are being created, so they inherit an ignored SIGINT: Ctrl-C then stops the
+    driver (which shuts the cluster down) instead of every worker printing a traceback."""
+
+    def __init__(self, cfg: Config, workers: int = 1) -> None:
+        import dask
+        from distributed import LocalCluster
+
+        ex = cfg.execution
+        self.threads = cfg.detect.threads
+        with dask.config.set(_LOCAL_CONFIG):
+            try:
+                self.cluster = LocalCluster(
+                    n_workers=0, threads_per_worker=ex.threads_per_worker, processes=True,
+                    dashboard_address=None, silence_logs=logging.CRITICAL,  # the CLI is the only printer
+                    # no dashboard; the scheduler's HTTP endpoint (health, metrics) on a free loopback
+                    # port, not 8787: two jobs at once on one machine must not collide or warn
+                    scheduler_kwargs={"dashboard": False, "dashboard_address": "127.0.0.1:0"},
+                    memory_limit=ex.memory_limit,
+                    env={"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"},
+                )
+            except (OSError, RuntimeError, TimeoutError) as exc:
+                raise ClusterError(f"cannot start a local Dask cluster: {exc}") from None
+        self.workers = 0
+        self._processes: list[Any] = []
+        try:
+            self.scale(workers)
+        except BaseException:
+            self.close()
+            raise
+
+    def scale(self, n: int) -> None:
+        """Grow to `n` worker processes; return once they are created (they start meanwhile)."""
+        import multiprocessing
+
+        import dask
+
+        n = max(1, n)
+        if n <= self.workers:
+            return
+        before = set(multiprocessing.active_children())
+        restore = ignore_sigint_while_spawning(True)
+        try:
+            with dask.config.set(_LOCAL_CONFIG):  # read by the nanny when it spawns
+                self.cluster.scale(n)
+                deadline = time.monotonic() + _SPAWN_TIMEOUT
+                while time.monotonic() < deadline:
+                    new = [c for c in multiprocessing.active_children()
+                           if c not in before and "Dask Worker" in c.name]
+                    if len(new) >= n - self.workers:
+                        self._processes += new
+                        break
+                    time.sleep(0.005)
+        finally:
+            restore()
+        self.workers = n
+
+    def connect(self) -> tuple[Any, ClusterInfo]:
+        """A client, once the first worker is up (a worker that cannot start is an error)."""
+        from distributed import Client
+
+        client = Client(self.cluster)
+        try:
+            client.register_plugin(_ThreadLimits(self.threads))
+            deadline = time.monotonic() + WORKER_START_TIMEOUT
+            while not client.scheduler_info().get("workers"):
+                if self._processes and all(p.exitcode is not None for p in self._processes):
+                    codes = ", ".join(str(p.exitcode) for p in self._processes)
+                    raise ClusterError(f"cannot start a local Dask cluster: worker processes exited ({codes})")
+                if time.monotonic() > deadline:
+                    raise ClusterError(f"cannot start a local Dask cluster: no worker up after {WORKER_START_TIMEOUT} s")
+                time.sleep(0.02)
+        except BaseException:
+            client.close()
+            raise
+        return client, ClusterInfo(self.cluster.scheduler_address, self.workers, True)
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.cluster.close()
+
+
+@contextlib.contextmanager
+def client_for(cfg: Config, local: LocalWorkers | None = None) -> Iterator[tuple[Any, ClusterInfo]]:
+    """A Dask client: an existing scheduler when configured, else the embedded cluster `local`
+    (started here, one worker per core, when not given; closed on exit either way)."""
     ex = cfg.execution
     if ex.scheduler:
+        from distributed import Client
+
         try:
             _probe_scheduler(ex.scheduler, SCHEDULER_TIMEOUT)
             client = Client(ex.scheduler, timeout=SCHEDULER_TIMEOUT)
@@ -220,36 +321,15 @@ def client_for(cfg: Config) -> Iterator[tuple[Any, ClusterInfo]]:
             client.close()
         return
 
-    n = ex.workers or os.cpu_count() or 1
-    # The nanny's MALLOC_TRIM_THRESHOLD_ made OpenCV/onnxruntime ~1.5x slower (DESIGN.md).
-    with dask.config.set({
-        "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None,
-        "distributed.worker.daemon": False,
-        "distributed.admin.tick.limit": "60s",
-        # a task whose worker died twice is poisonous: fail it (it is then split per file)
-        "distributed.scheduler.allowed-failures": 1,
-    }):
+    local = local or LocalWorkers(cfg, ex.workers or os.cpu_count() or 1)
+    try:
+        client, info = local.connect()
         try:
-            cluster = LocalCluster(
-                n_workers=n, threads_per_worker=ex.threads_per_worker, processes=True,
-                dashboard_address=None, silence_logs=logging.CRITICAL,  # the CLI is the only printer
-                # no dashboard; the scheduler's HTTP endpoint (health, metrics) on a free loopback
-                # port, not 8787: two jobs at once on one machine must not collide or warn
-                scheduler_kwargs={"dashboard": False, "dashboard_address": "127.0.0.1:0"},
-                memory_limit=ex.memory_limit,
-                env={"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"},
-            )
-        except (OSError, RuntimeError, TimeoutError) as exc:
-            raise ClusterError(f"cannot start a local Dask cluster: {exc}") from None
-        try:
-            client = Client(cluster)
-            try:
-                client.register_plugin(_ThreadLimits(cfg.detect.threads))
-                yield client, ClusterInfo(cluster.scheduler_address, n, True)
-            finally:
-                client.close()
+            yield client, info
         finally:
-            cluster.close()
+            client.close()
+    finally:
+        local.close()
 
 
 def stop_remote_tasks(client: Any, run_id: str, timeout: float = 30.0) -> None:

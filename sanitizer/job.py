@@ -89,12 +89,18 @@ def plan(src_url: str, dst_url: str, cfg: Config, on_event: Event = _noop) -> Pl
     workers = cfg.execution.workers or os.cpu_count() or 1
     shards = shard([i for i in items if i.kind != "other"], workers,
                    cfg.execution.shard_bytes, cfg.execution.shard_files)
+    if not cfg.execution.scheduler:
+        # an embedded cluster spawns no worker that would get no task (a worker costs ~0.4 s
+        # of CPU to start: on a one-video run that is CPU the video itself needs)
+        workers = max(1, min(workers, len(shards)))
     previous = published(dst, cfg.fingerprint()) if cfg.execution.skip_unchanged else {}
     return Plan(new_run_id(), src, dst, items, shards, workers, cfg.execution.scheduler, previous)
 
 
 def published(dst: storage.Location, fingerprint: str) -> dict[str, str]:
     """key -> source sha256 of the latest `ok` output per key made with this config."""
+    if not audit.parts(dst, "files"):
+        return {}  # a new DST (and no pandas import on the way to the cluster start)
     files = audit.read(dst, "files")
     if files.empty:
         return {}
@@ -115,38 +121,58 @@ def _prepare_model(cfg: Config) -> None:
     get_detector(cfg.detect)
 
 
-def run(p: Plan, cfg: Config, on_event: Event = _noop) -> Summary:
-    """Process a plan; audit parts are written as shards finish, the run row at the end."""
-    from sanitizer.execute import client_for, ignore_sigint_while_spawning
+def prestart(cfg: Config):
+    """Start the embedded cluster's first worker process now, before `plan` lists SRC: it
+    loads its libraries (~0.5 s) while the driver plans. Pass the result to `run` (which
+    grows it to the plan's worker count) or `close()` it. None with an existing scheduler."""
+    if cfg.execution.scheduler:
+        return None
+    from sanitizer.execute import LocalWorkers
+
+    return LocalWorkers(cfg, 1)
+
+
+def run(p: Plan, cfg: Config, on_event: Event = _noop, local=None) -> Summary:
+    """Process a plan; audit parts are written as shards finish, the run row at the end.
+    `local`: the embedded cluster from `prestart`, if one was started (closed here)."""
+    from sanitizer.execute import LocalWorkers, client_for
 
     started = time.time()
-    if p.shards and cfg.detect.detector == "centerface" and cfg.detect.precision == "int8":
-        from sanitizer.detect.centerface import int8_ready
-
-        if not int8_ready():
-            # first run on this machine: derive the int8 network here, before any worker
-            # starts, so workers read it from the cache instead of waiting for it
-            on_event("model_prepare")
-            _prepare_model(cfg)
-    # The cluster starts in the background while the driver prepares (model check, manifest,
-    # skipped rows): that overlap is ~0.5 s of every run's start-up.
     stack = contextlib.ExitStack()
-    restore_sigint = ignore_sigint_while_spawning(bool(p.shards) and not cfg.execution.scheduler)
-    starter = ThreadPoolExecutor(1, thread_name_prefix="sanitizer-cluster")
-    cluster = starter.submit(stack.enter_context, client_for(cfg)) if p.shards else None
-    starter.shutdown(wait=False)
+    if local is not None:
+        stack.callback(local.close)
+    with stack:
+        if not p.shards or cfg.execution.scheduler:
+            stack.close()
+            local = None
+        elif local is None:
+            local = stack.enter_context(contextlib.closing(LocalWorkers(cfg, p.workers)))
+        else:
+            local.scale(p.workers)
+        if p.shards and cfg.detect.detector == "centerface" and cfg.detect.precision == "int8":
+            from sanitizer.detect.centerface import int8_ready
 
-    def close_cluster() -> None:
-        if cluster is not None:
-            with contextlib.suppress(BaseException):
-                cluster.result()  # wait for a start still under way before closing it
-        restore_sigint()
-        stack.close()
+            if not int8_ready():
+                # first run on this machine: derive the int8 network here, before any task
+                # starts, so workers read it from the cache instead of waiting for it
+                on_event("model_prepare")
+                _prepare_model(cfg)
+        # The client connects in the background while the driver prepares (model check,
+        # manifest, skipped rows); the workers are already starting.
+        starter = ThreadPoolExecutor(1, thread_name_prefix="sanitizer-cluster")
+        cluster = starter.submit(stack.enter_context, client_for(cfg, local)) if p.shards else None
+        starter.shutdown(wait=False)
 
-    try:
-        return _run(p, cfg, on_event, started, cluster, restore_sigint, close_cluster)
-    finally:
-        close_cluster()
+        def close_cluster() -> None:
+            if cluster is not None:
+                with contextlib.suppress(BaseException):
+                    cluster.result()  # wait for a connection still under way before closing it
+            stack.close()
+
+        try:
+            return _run(p, cfg, on_event, started, cluster, close_cluster)
+        finally:
+            close_cluster()
 
 
 def _unpublish_unrecorded(p: Plan, recorded: set[str]) -> None:
@@ -167,7 +193,7 @@ def _unpublish_unrecorded(p: Plan, recorded: set[str]) -> None:
 
 
 def _run(p: Plan, cfg: Config, on_event: Event, started: float, cluster,
-         cluster_started: Callable[[], None], close_cluster: Callable[[], None]) -> Summary:
+         close_cluster: Callable[[], None]) -> Summary:
     from sanitizer.detect import get_detector
     from sanitizer.execute import map_shards
     from sanitizer.process import Context, failure, process_item
@@ -217,10 +243,7 @@ def _run(p: Plan, cfg: Config, on_event: Event, started: float, cluster,
 
     try:
         if cluster is not None:
-            try:
-                client, info = cluster.result()
-            finally:
-                cluster_started()
+            client, info = cluster.result()
             on_event("cluster", address=info.address, workers=info.workers, embedded=info.embedded)
             map_shards(client, p.shards, p.run_id, cfg, p.src.url, p.dst.url, on_shard, p.previous)
     except KeyboardInterrupt:

@@ -527,3 +527,15 @@ def test_run_goes_by_content_when_the_extension_lies(tmp_path, cli):
     assert rows.loc["clip.jpg", "frames"] == 12
     assert rows.loc["note.jpg", "status"] == "skipped" and "by content" in rows.loc["note.jpg", "error"]
     assert (dst / "clip.jpg").exists() and not (dst / "note.jpg").exists()
+
+
+def test_one_video_runs_on_one_worker(tmp_path, cli):
+    """The embedded cluster spawns no worker that would get no task: a run of one video has
+    one worker process (its pipeline threads use the other cores)."""
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    src.mkdir()
+    make_clip(src / "clip.mp4", frames=8)
+    proc = cli("run", str(src), str(dst), "--workers", "2")
+    assert proc.returncode == 0, proc.stderr
+    assert "1 task on an embedded Dask LocalCluster of 1 worker" in proc.stdout
+    assert "dask: 1 worker (embedded LocalCluster)" in proc.stderr

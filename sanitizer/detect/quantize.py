@@ -22,7 +22,7 @@ import contextlib
 import hashlib
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import cv2
@@ -139,8 +139,9 @@ def cache_path(fp32_sha256: str) -> Path:
     return cache_dir() / f"centerface-int8-{fp32_sha256[:16]}-ort{ort.__version__}-{recipe}.onnx"
 
 
-def int8_model(fp32: bytes, fp32_sha256: str) -> bytes:
-    """The cached int8 model for this fp32 graph, built (under a lock) when missing."""
+def int8_model(fp32: bytes | Callable[[], bytes], fp32_sha256: str) -> bytes:
+    """The cached int8 model for this fp32 graph, built (under a lock) when missing. `fp32`
+    may be a function returning the graph: a cache hit then never prepares it."""
     path = cache_path(fp32_sha256)
     folder = path.parent
     with contextlib.suppress(OSError):
@@ -166,9 +167,11 @@ def int8_model(fp32: bytes, fp32_sha256: str) -> bytes:
         return data
 
 
-def _build(fp32: bytes) -> bytes:
+def _build(fp32: bytes | Callable[[], bytes]) -> bytes:
     import onnxruntime as ort
 
+    if callable(fp32):
+        fp32 = fp32()
     ort.set_default_logger_severity(3)  # the pre-processing session warns about unused BN counters
     try:
         return build_int8(fp32)
