@@ -1,3 +1,15 @@
-from sanitizer.cli import main
+"""`python -m sanitizer` and the `sanitizer` command.
 
-main()
+The CLI is imported inside `main`: worker processes that the embedded cluster spawns re-import
+the command's script, and need neither typer nor rich.
+"""
+
+
+def main() -> None:
+    from sanitizer.cli import main as cli_main
+
+    cli_main()
+
+
+if __name__ == "__main__":
+    main()

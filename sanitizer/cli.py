@@ -115,10 +115,12 @@ def _print_plan(plan) -> None:
 
 def run_job(src: str, dst: str, cfg, dry_run: bool = False) -> int:
     """Plan and run a job, print progress and a summary; return the exit code."""
+    from sanitizer.execute import prestart
+
+    # the first worker process starts loading while the driver imports the rest and lists SRC
+    local = None if dry_run else prestart(cfg)
     from sanitizer import job
 
-    # the first worker process starts loading while SRC is listed
-    local = None if dry_run else job.prestart(cfg)
     try:
         return _run_job(job.plan(src, dst, cfg), cfg, dry_run, local)
     finally:

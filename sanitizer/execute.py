@@ -15,13 +15,15 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from distributed import WorkerPlugin
 
 from sanitizer.config import Config, from_dict
 from sanitizer.errors import ClusterError
-from sanitizer.records import MediaItem
+
+if TYPE_CHECKING:  # not imported at run time: `prestart` spawns before pyarrow is loaded
+    from sanitizer.records import MediaItem
 
 ShardResult = list[tuple[dict[str, Any], list[dict[str, Any]]]]
 
@@ -291,6 +293,13 @@ class LocalWorkers:
     def close(self) -> None:
         with contextlib.suppress(Exception):
             self.cluster.close()
+
+
+def prestart(cfg: Config) -> LocalWorkers | None:
+    """Start the embedded cluster's first worker process now, before the run lists SRC: it
+    loads its libraries (~0.5 s) while the driver plans. Pass the result to `job.run` (which
+    grows it to the plan's worker count) or `close()` it. None with an existing scheduler."""
+    return None if cfg.execution.scheduler else LocalWorkers(cfg, 1)
 
 
 @contextlib.contextmanager

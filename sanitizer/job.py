@@ -121,20 +121,9 @@ def _prepare_model(cfg: Config) -> None:
     get_detector(cfg.detect)
 
 
-def prestart(cfg: Config):
-    """Start the embedded cluster's first worker process now, before `plan` lists SRC: it
-    loads its libraries (~0.5 s) while the driver plans. Pass the result to `run` (which
-    grows it to the plan's worker count) or `close()` it. None with an existing scheduler."""
-    if cfg.execution.scheduler:
-        return None
-    from sanitizer.execute import LocalWorkers
-
-    return LocalWorkers(cfg, 1)
-
-
 def run(p: Plan, cfg: Config, on_event: Event = _noop, local=None) -> Summary:
     """Process a plan; audit parts are written as shards finish, the run row at the end.
-    `local`: the embedded cluster from `prestart`, if one was started (closed here)."""
+    `local`: the embedded cluster from `execute.prestart`, if one was started (closed here)."""
     from sanitizer.execute import LocalWorkers, client_for
 
     started = time.time()
