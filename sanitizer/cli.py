@@ -115,8 +115,13 @@ def _print_plan(plan) -> None:
 
 def run_job(src: str, dst: str, cfg, dry_run: bool = False) -> int:
     """Plan and run a job, print progress and a summary; return the exit code."""
+    import logging
+
     from sanitizer.execute import prestart
 
+    # The CLI is the only printer: a worker that cannot start is reported as one line (a
+    # ClusterError), not also as the traceback of the cluster's background task.
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL)
     # the first worker process starts loading while the driver imports the rest and lists SRC
     local = None if dry_run else prestart(cfg)
     from sanitizer import job

@@ -1,5 +1,6 @@
 """The real entry point on generated media: outputs, audit, fail-closed, errors."""
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -245,3 +246,22 @@ def test_two_jobs_on_one_machine_do_not_collide_on_ports(tmp_path, photo_dir):
         proc = run_cli("run", str(photo_dir), str(tmp_path / "dst"), "--workers", "1")
     assert proc.returncode == 1, proc.stderr  # the broken JPEG of photo_dir fails
     assert "8787" not in proc.stderr and "Warning" not in proc.stderr, proc.stderr
+
+
+def test_worker_processes_that_cannot_start_fail_in_one_line(tmp_path):
+    """Workers are spawned without waiting for them; one that dies while starting is reported
+    as a one-line cluster error quickly (no hang, no traceback), and nothing is published."""
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(
+        "import os, sys\n"
+        "if any('multiprocessing' in a for a in sys.argv):  # a spawned worker process only\n"
+        "    os._exit(3)\n"
+    )
+    src = faces_folder(tmp_path / "src", 2)
+    pythonpath = os.pathsep.join(filter(None, [str(hook), os.environ.get("PYTHONPATH", "")]))
+    proc = run_cli("run", str(src), str(tmp_path / "dst"), timeout=120, env={"PYTHONPATH": pythonpath})
+    assert proc.returncode == 2, proc.stderr
+    assert "cannot start a local Dask cluster: worker processes exited" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not list((tmp_path / "dst").glob("*.jpg"))
