@@ -6,8 +6,10 @@ the command's script, and need neither typer nor rich.
 
 
 def main() -> None:
-    from sanitizer.cli import main as cli_main
-
+    try:
+        from sanitizer.cli import main as cli_main
+    except KeyboardInterrupt:  # Ctrl-C while the CLI is still being imported
+        raise SystemExit(130) from None
     cli_main()
 
 

@@ -418,12 +418,25 @@ def main() -> None:
     except KeyboardInterrupt:
         _exit(130)
     except Exception as exc:  # noqa: BLE001 - never a traceback to the user; show it on request
+        if _from_interrupt(exc):  # e.g. Ctrl-C during a native module's import: "ImportError"
+            err.print("interrupted", highlight=False)
+            _exit(130)
         if os.environ.get("SANITIZER_DEBUG"):
             raise
         err.print(f"[bold red]internal error:[/] {type(exc).__name__}: {' '.join(str(exc).split())[:300]} "
                   "(set SANITIZER_DEBUG=1 to see the traceback)", highlight=False, soft_wrap=True)
         _exit(3)
     _exit(0)
+
+
+def _from_interrupt(exc: BaseException) -> bool:
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, KeyboardInterrupt):
+            return True
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 def _exit(code: int | str | None) -> None:

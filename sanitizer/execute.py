@@ -236,6 +236,12 @@ class LocalWorkers:
                 )
             except (OSError, RuntimeError, TimeoutError) as exc:
                 raise ClusterError(f"cannot start a local Dask cluster: {exc}") from None
+        # The in-process scheduler hooks a diagnosis into gc.callbacks; a Ctrl-C that landed
+        # while the main thread ran it was swallowed ("Exception ignored in ... _gc_callback")
+        # and the run went on. The diagnosis only logs, and dask's logs are silenced anyway.
+        from distributed.gc import disable_gc_diagnosis
+
+        disable_gc_diagnosis(force=True)
         self.workers = 0
         self._processes: list[Any] = []
         try:

@@ -265,3 +265,27 @@ def test_worker_processes_that_cannot_start_fail_in_one_line(tmp_path):
     assert "cannot start a local Dask cluster: worker processes exited" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not list((tmp_path / "dst").glob("*.jpg"))
+
+
+@pytest.mark.parametrize("after_s", [0.2, 0.6, 1.0, 1.4])
+def test_ctrl_c_while_starting_up(tmp_path, after_s):
+    """Ctrl-C at any moment of the start-up (imports, the first worker spawning, listing,
+    cluster connection) stops the run with exit 130: never lost, never a traceback."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    src = faces_folder(tmp_path / "src", 40)  # several seconds of work: it cannot finish first
+    proc = subprocess.Popen([sys.executable, "-m", "sanitizer", "run", str(src), str(tmp_path / "dst")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True, stdin=subprocess.DEVNULL)
+    try:
+        time.sleep(after_s)
+        os.killpg(proc.pid, signal.SIGINT)
+        _, errs = proc.communicate(timeout=90)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert "Traceback" not in errs and "Exception ignored" not in errs, errs
+    assert proc.returncode == 130, errs
