@@ -251,13 +251,19 @@ class LocalWorkers:
             raise
 
     def scale(self, n: int) -> None:
-        """Grow to `n` worker processes; return once they are created (they start meanwhile)."""
+        """Grow (or shrink) to `n` worker processes; return once new ones are created (they
+        start meanwhile). While earlier workers are still starting, new ones are created only
+        after them (~0.3 s during which Ctrl-C would be ignored): grow once the first is up."""
         import multiprocessing
 
         import dask
 
         n = max(1, n)
-        if n <= self.workers:
+        if n == self.workers:
+            return
+        if n < self.workers:  # no process is created: nothing to ignore Ctrl-C for
+            self.cluster.scale(n)
+            self.workers = n
             return
         before = set(multiprocessing.active_children())
         restore = ignore_sigint_while_spawning(True)
@@ -304,7 +310,8 @@ class LocalWorkers:
 def prestart(cfg: Config) -> LocalWorkers | None:
     """Start the embedded cluster's first worker process now, before the run lists SRC: it
     loads its libraries (~0.5 s) while the driver plans. Pass the result to `job.run` (which
-    grows it to the plan's worker count) or `close()` it. None with an existing scheduler."""
+    adds the plan's other workers once this one is up) or `close()` it. None with an existing
+    scheduler."""
     return None if cfg.execution.scheduler else LocalWorkers(cfg, 1)
 
 

@@ -7,6 +7,7 @@ summary; the CLI decides what to print and which exit code to use.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import socket
 import time
@@ -136,8 +137,8 @@ def run(p: Plan, cfg: Config, on_event: Event = _noop, local=None) -> Summary:
             local = None
         elif local is None:
             local = stack.enter_context(contextlib.closing(LocalWorkers(cfg, p.workers)))
-        else:
-            local.scale(p.workers)
+        elif p.workers < local.workers:
+            local.scale(p.workers)  # retire prestarted workers the plan has no task for
         if p.shards and cfg.detect.detector == "centerface" and cfg.detect.precision == "int8":
             from sanitizer.detect.centerface import int8_ready
 
@@ -158,8 +159,17 @@ def run(p: Plan, cfg: Config, on_event: Event = _noop, local=None) -> Summary:
                     cluster.result()  # wait for a connection still under way before closing it
             stack.close()
 
+        def connected():
+            client, info = cluster.result()
+            if local is not None and p.workers > local.workers:
+                # more workers, now that the first one is up: spawning them is then quick, and
+                # Ctrl-C is ignored only for that moment (see LocalWorkers.scale)
+                local.scale(p.workers)
+                info = dataclasses.replace(info, workers=local.workers)
+            return client, info
+
         try:
-            return _run(p, cfg, on_event, started, cluster, close_cluster)
+            return _run(p, cfg, on_event, started, cluster, connected, close_cluster)
         finally:
             close_cluster()
 
@@ -181,7 +191,7 @@ def _unpublish_unrecorded(p: Plan, recorded: set[str]) -> None:
                 storage.remove(p.dst, key)
 
 
-def _run(p: Plan, cfg: Config, on_event: Event, started: float, cluster,
+def _run(p: Plan, cfg: Config, on_event: Event, started: float, cluster, connected: Callable[[], Any],
          close_cluster: Callable[[], None]) -> Summary:
     from sanitizer.detect import get_detector
     from sanitizer.execute import map_shards
@@ -232,7 +242,7 @@ def _run(p: Plan, cfg: Config, on_event: Event, started: float, cluster,
 
     try:
         if cluster is not None:
-            client, info = cluster.result()
+            client, info = connected()
             on_event("cluster", address=info.address, workers=info.workers, embedded=info.embedded)
             map_shards(client, p.shards, p.run_id, cfg, p.src.url, p.dst.url, on_shard, p.previous)
     except KeyboardInterrupt:
