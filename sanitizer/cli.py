@@ -84,7 +84,7 @@ MethodOpt = Annotated[str | None, typer.Option("--method", help="Redaction: gaus
 ShapeOpt = Annotated[str | None, typer.Option("--shape", help="Mask shape: box (default) or ellipse.")]
 ThresholdOpt = Annotated[float | None, typer.Option("--threshold", help="Detection score threshold at native scale (default 0.2, chosen for recall).")]
 MarginOpt = Annotated[float | None, typer.Option("--margin", help="Mask size as a multiple of the face box (default 1.5).")]
-WorkersOpt = Annotated[int | None, typer.Option("--workers", help="Worker processes of the embedded Dask cluster (default: one per core).")]
+WorkersOpt = Annotated[int | None, typer.Option("--workers", help="Worker processes of the embedded Dask cluster (default: one per core; never more than the run has tasks).")]
 SchedulerOpt = Annotated[str | None, typer.Option("--scheduler", help="Address of an existing Dask scheduler, e.g. tcp://host:8786 (default: embedded LocalCluster).")]
 
 
