@@ -6,6 +6,9 @@ the command's script, and need neither typer nor rich.
 
 
 def main() -> None:
+    from sanitizer import interrupts
+
+    interrupts.install()
     try:
         from sanitizer.cli import main as cli_main
     except KeyboardInterrupt:  # Ctrl-C while the CLI is still being imported

@@ -202,6 +202,9 @@ def run(
                           skip_unchanged=False if force else None)
         code = run_job(src, dst, cfg, dry_run)
     except SanitizerError as exc:
+        if _from_interrupt(exc):
+            err.print("interrupted: files finished so far are in the audit; nothing partial was published")
+            raise typer.Exit(130) from None
         raise _fail(exc) from None
     except KeyboardInterrupt:
         err.print("interrupted: files finished so far are in the audit; nothing partial was published")
@@ -430,6 +433,10 @@ def main() -> None:
 
 
 def _from_interrupt(exc: BaseException) -> bool:
+    from sanitizer import interrupts
+
+    if interrupts.seen():  # Ctrl-C was pressed: what failed after it is its consequence
+        return True
     seen = set()
     while exc is not None and id(exc) not in seen:
         if isinstance(exc, KeyboardInterrupt):

@@ -267,7 +267,7 @@ def test_worker_processes_that_cannot_start_fail_in_one_line(tmp_path):
     assert not list((tmp_path / "dst").glob("*.jpg"))
 
 
-@pytest.mark.parametrize("after_s", [0.2, 0.6, 1.0, 1.4])
+@pytest.mark.parametrize("after_s", [0.1, 0.2, 0.3, 0.6, 1.0, 1.4])
 def test_ctrl_c_while_starting_up(tmp_path, after_s):
     """Ctrl-C at any moment of the start-up (imports, the first worker spawning, listing,
     cluster connection) stops the run with exit 130: never lost, never a traceback."""
@@ -289,3 +289,21 @@ def test_ctrl_c_while_starting_up(tmp_path, after_s):
             os.killpg(proc.pid, signal.SIGKILL)
     assert "Traceback" not in errs and "Exception ignored" not in errs, errs
     assert proc.returncode == 130, errs
+
+
+def test_a_swallowed_ctrl_c_is_delivered_again(monkeypatch):
+    """A KeyboardInterrupt raised inside a callback that cannot propagate it (import-lock
+    weakref, gc callback, __del__) reaches the unraisable hook: it is raised again in the main
+    thread, and the CLI then reports any error that follows as the interrupt."""
+    import time
+    from types import SimpleNamespace
+
+    from sanitizer import interrupts
+
+    monkeypatch.setattr(interrupts, "_seen", False)
+    with pytest.raises(KeyboardInterrupt):
+        interrupts._hook(SimpleNamespace(exc_type=KeyboardInterrupt, exc_value=KeyboardInterrupt(),
+                                         exc_traceback=None, err_msg=None, object=None))
+        for _ in range(200):
+            time.sleep(0.01)
+    assert interrupts.seen()
