@@ -213,7 +213,7 @@ class LocalWorkers:
     `LocalCluster(n_workers=n)` blocks until every worker process has imported its libraries
     (~0.5 s each on two cores). Here the scheduler starts with no worker and `scale` returns as
     soon as the new processes exist, so a run can start its first worker before it lists SRC
-    and let it load while the driver plans (`job.prestart`). SIGINT is ignored only while the
+    and let it load while the driver plans (`prestart`). SIGINT is ignored only while the
     processes are being created, so they inherit an ignored SIGINT: Ctrl-C then stops the
     driver (which shuts the cluster down) instead of every worker printing a traceback."""
 
@@ -316,9 +316,9 @@ def prestart(cfg: Config) -> LocalWorkers | None:
 
 
 @contextlib.contextmanager
-def client_for(cfg: Config, local: LocalWorkers | None = None) -> Iterator[tuple[Any, ClusterInfo]]:
+def client_for(cfg: Config, local: LocalWorkers | None) -> Iterator[tuple[Any, ClusterInfo]]:
     """A Dask client: an existing scheduler when configured, else the embedded cluster `local`
-    (started here, one worker per core, when not given; closed on exit either way)."""
+    (closed on exit)."""
     ex = cfg.execution
     if ex.scheduler:
         from distributed import Client
@@ -343,7 +343,8 @@ def client_for(cfg: Config, local: LocalWorkers | None = None) -> Iterator[tuple
             client.close()
         return
 
-    local = local or LocalWorkers(cfg, ex.workers or os.cpu_count() or 1)
+    if local is None:
+        raise ValueError("client_for needs the embedded cluster (LocalWorkers) when no scheduler is set")
     try:
         client, info = local.connect()
         try:

@@ -128,17 +128,15 @@ def run(p: Plan, cfg: Config, on_event: Event = _noop, local=None) -> Summary:
     from sanitizer.execute import LocalWorkers, client_for
 
     started = time.time()
+    if local is not None and (not p.shards or cfg.execution.scheduler):
+        local.close()  # nothing will run on it
+        local = None
     stack = contextlib.ExitStack()
-    if local is not None:
-        stack.callback(local.close)
     with stack:
-        if not p.shards or cfg.execution.scheduler:
-            stack.close()
-            local = None
-        elif local is None:
-            local = stack.enter_context(contextlib.closing(LocalWorkers(cfg, p.workers)))
-        elif p.workers < local.workers:
-            local.scale(p.workers)  # retire prestarted workers the plan has no task for
+        if p.shards and not cfg.execution.scheduler:
+            local = local or LocalWorkers(cfg, p.workers)
+            stack.callback(local.close)  # client_for closes it too; this covers errors before
+            local.scale(min(p.workers, local.workers))  # retire workers the plan has no task for
         if p.shards and cfg.detect.detector == "centerface" and cfg.detect.precision == "int8":
             from sanitizer.detect.centerface import int8_ready
 
