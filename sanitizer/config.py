@@ -24,6 +24,9 @@ class InputConfig:
     storage_options: dict[str, Any] = field(default_factory=dict)  # passed to fsspec for SRC
 
 
+PRECISIONS = ("int8", "fp32")  # detect.precision values (centerface.py runs them)
+
+
 @dataclass(slots=True)
 class DetectConfig:
     detector: str = "centerface"  # centerface | haar
@@ -275,8 +278,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"unknown redaction method {r.method!r} (known: {', '.join(METHODS)})")
     if r.shape not in SHAPES:
         raise ConfigError(f"unknown mask shape {r.shape!r} (known: {', '.join(SHAPES)})")
-    if d.precision not in ("int8", "fp32"):
-        raise ConfigError(f"unknown detect.precision {d.precision!r} (known: int8, fp32)")
+    if d.precision not in PRECISIONS:
+        raise ConfigError(f"unknown detect.precision {d.precision!r} (known: {', '.join(PRECISIONS)})")
     if not 0.0 < d.threshold < 1.0:
         raise ConfigError(f"detect.threshold must be between 0 and 1, got {d.threshold}")
     if r.margin < 1.0:

@@ -177,11 +177,12 @@ def _probe_scheduler(address: str, timeout: float) -> None:
         raise exc
 
 
-def ignore_sigint_while_spawning(embedded: bool) -> Callable[[], None]:
+def ignore_sigint_while_spawning() -> Callable[[], None]:
     """Ignore SIGINT until the returned function is called, so the worker processes an
     embedded cluster spawns meanwhile inherit an ignored SIGINT: Ctrl-C then stops the driver
-    (which shuts the cluster down) instead of every worker printing a traceback."""
-    if not embedded or threading.current_thread() is not threading.main_thread():
+    (which shuts the cluster down) instead of every worker printing a traceback. Only the
+    main thread can change signal handlers; elsewhere this does nothing."""
+    if threading.current_thread() is not threading.main_thread():
         return lambda: None
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
     restored = []
@@ -266,7 +267,7 @@ class LocalWorkers:
             self.workers = n
             return
         before = set(multiprocessing.active_children())
-        restore = ignore_sigint_while_spawning(True)
+        restore = ignore_sigint_while_spawning()
         try:
             with dask.config.set(_LOCAL_CONFIG):  # read by the nanny when it spawns
                 self.cluster.scale(n)

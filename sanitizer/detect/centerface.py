@@ -29,6 +29,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from sanitizer.config import PRECISIONS
 from sanitizer.detect import iou_matrix, nms
 from sanitizer.errors import DetectorError
 from sanitizer.records import Detections
@@ -70,9 +71,6 @@ def _prepared_model(path: str) -> tuple[bytes, str]:
         {"537": ["B", 1, "h", "w"], "538": ["B", 2, "h", "w"], "539": ["B", 2, "h", "w"], "540": ["B", 10, "h", "w"]},
     )
     return model.SerializeToString(), _file_sha256(path)
-
-
-PRECISIONS = ("int8", "fp32")
 
 
 @cache
