@@ -93,6 +93,13 @@ class VideoConfig:
     detect_scale: float = 0.5  # detection image long side = this x the frame's long side,
     detect_min_side: int = 640  # ... but at least this (never more than the frame itself)
     detect_max_side: int = 768  # ... and at most this
+    # Coarse scans: while every face in view is big, scans between full-resolution ones run at
+    # half the detection size (a quarter of the pixels); a full scan at least every
+    # `full_scan_every` scans (or always while small faces are in view) finds new small faces.
+    full_scan_every: int = 4  # 1 = every scan at full detection resolution
+    coarse_scale: float = 0.5  # detection image of a coarse scan, relative to a full one
+    coarse_min_face: int = 64  # px in the full detection image: smaller faces in view -> full scans
+    # keep and lead are at least detect_every x full_scan_every (the frames between full scans)
     track_keep: int = 8  # frames a track stays covered after its last detection
     track_lead: int = 4  # frames a track is covered before its first detection (look-ahead)
     track_iou: float = 0.2  # association threshold between a track and a new detection

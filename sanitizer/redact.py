@@ -65,12 +65,17 @@ def mask_for(
     return mask
 
 
-def _regions(boxes: np.ndarray, margin: float, width: int, height: int):
+def _regions(boxes: np.ndarray, margin: float, width: int, height: int, grid: int = 0):
     b = np.asarray(boxes, np.float64).reshape(-1, 4)
     cx, cy = (b[:, 0] + b[:, 2]) / 2, (b[:, 1] + b[:, 3]) / 2
     hw, hh = (b[:, 2] - b[:, 0]) * margin / 2, (b[:, 3] - b[:, 1]) * margin / 2
     big = np.stack([cx - hw, cy - hh, cx + hw, cy + hh], 1)
     rois = expand_boxes(boxes, margin, width, height)
+    if grid > 1:
+        rois[:, :2] = rois[:, :2] // grid * grid
+        rois[:, 2:] = -(-rois[:, 2:] // grid) * grid
+        rois[:, [0, 2]] = rois[:, [0, 2]].clip(0, width)
+        rois[:, [1, 3]] = rois[:, [1, 3]].clip(0, height)
     for box, roi in zip(big, rois, strict=True):
         x1, y1, x2, y2 = (int(v) for v in roi)
         if x2 > x1 and y2 > y1:
@@ -128,8 +133,13 @@ def redact(image: np.ndarray, boxes: np.ndarray, params: RedactParams) -> np.nda
     return out
 
 
-def redact_inplace(image: np.ndarray, boxes: np.ndarray, params: RedactParams) -> None:
-    """Redact `image` in place (for frame buffers the caller owns)."""
+def redact_inplace(image: np.ndarray, boxes: np.ndarray, params: RedactParams, grid: int = 0) -> None:
+    """Redact `image` in place (for frame buffers the caller owns).
+
+    grid > 1 (video frames): every region is widened outward to multiples of `grid` px and
+    the blur's face side is rounded up to quarter-octave steps, so a mask that follows a
+    moving face changes in whole macroblocks instead of shimmering with each pixel of box
+    jitter; x264 encodes such frames ~8 % faster (BENCHMARKS.md). Masks only grow."""
     try:
         method = METHODS[params.method]
     except KeyError:
@@ -140,13 +150,15 @@ def redact_inplace(image: np.ndarray, boxes: np.ndarray, params: RedactParams) -
     color_channels = 3 if image.ndim == 3 and image.shape[2] == 4 else None
     if image.ndim == 3 and image.shape[2] == 2:  # gray + alpha
         color_channels = 1
-    for box, roi in _regions(boxes, params.margin, w, h):
+    for box, roi in _regions(boxes, params.margin, w, h, grid):
         x1, y1, x2, y2 = roi
         view = image[y1:y2, x1:x2]
         if color_channels is not None:
             view = view[..., :color_channels]
         region = np.ascontiguousarray(view)
         side = float(np.sqrt(max(1.0, (box[2] - box[0]) * (box[3] - box[1])))) / params.margin
+        if grid > 1:  # quarter-octave steps, rounded up: the blur changes only when the face does
+            side = float(2 ** (np.ceil(np.log2(side) * 4) / 4))
         redacted = method(region, side, params)
         if params.shape == "box":  # the whole region: a plain copy, no boolean indexing
             view[...] = redacted

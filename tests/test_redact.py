@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from sanitizer.redact import METHODS, RedactParams, expand_boxes, mask_for, redact
+from sanitizer.redact import METHODS, RedactParams, expand_boxes, mask_for, redact, redact_inplace
 
 RNG = np.random.default_rng(1234)
 BOX = np.array([[60.0, 40.0, 140.0, 150.0]])
@@ -69,3 +69,28 @@ def test_boxes_clipped_at_border_and_empty_ok():
 def test_unknown_method_is_clear():
     with pytest.raises(ValueError, match="unknown redaction method 'blur'.*gaussian"):
         redact(noisy(), BOX, RedactParams(method="blur"))
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_grid_aligned_regions_only_grow_and_sit_on_the_grid(method):
+    """Video frames: a region widened outward to the 16-px macroblock grid covers at least
+    what the plain region covers, and nothing outside the widened region changes."""
+    img = noisy(200, 240)
+    box = np.array([[61.0, 43.0, 133.0, 141.0]])
+    p = RedactParams(method=method, shape="box", margin=1.3)
+    plain, snapped = img.copy(), img.copy()
+    redact_inplace(plain, box, p)
+    redact_inplace(snapped, box, p, grid=16)
+    x1, y1, x2, y2 = expand_boxes(box, 1.3, 240, 200)[0]
+    gx1, gy1, gx2, gy2 = x1 // 16 * 16, y1 // 16 * 16, -(-x2 // 16) * 16, -(-y2 // 16) * 16
+    changed = (snapped != img).any(axis=2)
+    outside = np.ones_like(changed)
+    outside[gy1:gy2, gx1:gx2] = False
+    assert not changed[outside].any()
+    inner = (snapped[y1:y2, x1:x2].astype(float) - img[y1:y2, x1:x2]).std(axis=(0, 1))
+    assert (snapped[y1:y2, x1:x2] != img[y1:y2, x1:x2]).any(axis=2).mean() > 0.9
+    assert inner.min() > 0  # the whole plain region is redacted, not just its snapped edge
+    # a box that moves by a few pixels keeps the same region: nothing shimmers at its edges
+    moved = img.copy()
+    redact_inplace(moved, box - 1.0, p, grid=16)
+    assert np.array_equal((moved != img).any(axis=2), changed)

@@ -201,6 +201,45 @@ def test_parallel_detection_threads_keep_frame_order(tmp_path):
     assert all(a[m].max() <= 24 for a in frames_rgb(tmp_path / "out.mp4"))
 
 
+def test_coarse_scans_while_every_face_is_big(tmp_path):
+    """A big face: one scan in `full_scan_every` at the full detection size, the others at
+    half of it; every frame stays covered."""
+    src = make_clip(tmp_path / "in.mp4", frames=32, size=(640, 360), audio=None)
+    det = FakeRawDetector()
+    sanitize(src, tmp_path / "out.mp4", det, "mp4", detect_every=2)
+    full, coarse = (352, 640, 3), (176, 320, 3)
+    assert det.shapes == [full if i % 4 == 0 else coarse for i in range(16)]
+    m = upright_face_mask(360, 640, 0)
+    assert all(a[m].max() <= 24 for a in frames_rgb(tmp_path / "out.mp4"))
+
+
+@pytest.mark.parametrize("vkw", [{}, {"full_scan_every": 1}, {"coarse_scale": 1.0}])
+def test_small_faces_or_coarse_scans_off_keep_every_scan_full(tmp_path, vkw):
+    """The fake face in a 160x96 frame is under `coarse_min_face`: no scan is coarse."""
+    src = make_clip(tmp_path / "in.mp4", frames=16, audio=None)
+    det = FakeRawDetector()
+    sanitize(src, tmp_path / "out.mp4", det, "mp4", detect_every=2, **vkw)
+    assert det.shapes == [(96, 160, 3)] * 8
+
+
+def test_face_first_seen_by_a_full_scan_is_covered_back_to_the_previous_one(tmp_path):
+    """A detector that finds the face only at full size (a face coarse scans miss): frames
+    between two full scans are covered by the look-ahead, not left to the next full scan."""
+
+    class FullOnly(FakeRawDetector):
+        def infer(self, image, threshold):
+            got = super().infer(image, threshold)
+            return got if image.shape[1] == 640 and self.calls > 1 else type(got).empty()
+
+    src = make_clip(tmp_path / "in.mp4", frames=40, size=(640, 360), audio=None)
+    det = FullOnly()
+    res = sanitize(src, tmp_path / "out.mp4", det, "mp4", detect_every=2)
+    # the face is found from the 2nd full scan on (frame 8): covered from frame 0 (lead = 8)
+    assert [d[0] for d in res.detections][:1] == [0]
+    m = upright_face_mask(360, 640, 0)
+    assert all(a[m].max() <= 24 for a in frames_rgb(tmp_path / "out.mp4"))
+
+
 def test_timing_audio_and_no_tags_kept(tmp_path):
     meta = {"title": "holiday", "location": "+48.8584+002.2945/", "make": "Apple", "model": "iPhone 15 Pro",
             "com.apple.quicktime.location.ISO6709": "+48.8584+002.2945+035.000/",

@@ -1,7 +1,8 @@
 """Video: PyAV decode → detect → track → redact → encode, audio copied, in four threads.
 
     decode thread   demux + threaded decode; a small upright RGB copy of every scanned frame
-    calling thread  detection (onnxruntime releases the GIL) + temporal coverage (tracking.py)
+    calling thread  detection (onnxruntime releases the GIL) + temporal coverage (tracking.py);
+                    while every face in view is big, most scans run at half the detection size
     redact thread   redaction in the frame's own YUV planes (off the encoder's critical path)
     encode thread   H.264/VP9 encode, mux (+ audio)
 
@@ -35,6 +36,7 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 
 import av
+import cv2
 import numpy as np
 
 from sanitizer.errors import DecodeError, EncodeError, MediaError
@@ -68,6 +70,9 @@ _QUEUE = 6  # frames in flight between stages (each way)
 _STALL = 300.0
 _JOIN = 5.0  # seconds a stage gets to notice a stop; one that does not is stuck in native code
 _MAX_LEAD = 32  # most frames held back by the tracker's look-ahead
+# Mask regions in video frames are aligned to H.264's 16-px macroblocks (luma; 8 px in the
+# half-size chroma planes): see redact_inplace's `grid`
+MASK_GRID = 16
 _END = object()
 
 
@@ -171,11 +176,11 @@ def redact_yuv420p(frame: av.VideoFrame, boxes: np.ndarray, params: RedactParams
     frame.make_writable()
     w, h = frame.width, frame.height
     py, pu, pv = _yuv_params(params, full_range=frame.color_range == 2)
-    redact_inplace(_plane(frame, 0, w, h), boxes, py)
+    redact_inplace(_plane(frame, 0, w, h), boxes, py, MASK_GRID)
     cw, ch = (w + 1) // 2, (h + 1) // 2
     half = np.asarray(boxes, np.float32) / 2
-    redact_inplace(_plane(frame, 1, cw, ch), half, pu)
-    redact_inplace(_plane(frame, 2, cw, ch), half, pv)
+    redact_inplace(_plane(frame, 1, cw, ch), half, pu, MASK_GRID // 2)
+    redact_inplace(_plane(frame, 2, cw, ch), half, pv, MASK_GRID // 2)
 
 
 # -- the pipeline -------------------------------------------------------------------------
@@ -545,8 +550,17 @@ def _wrap_encode(fn):
 
 def _detect_loop(q_dec, q_enc, stop, fdet: FrameDetector, vcfg, stats, tb, outcome: VideoOutcome) -> None:
     every = max(1, int(vcfg.detect_every))
+    # Coarse scans (VideoConfig.full_scan_every): a face that only full scans see is still
+    # carried to the next full scan, and a face that appears between two full scans is covered
+    # back to the first of them, so coarse scans never leave a frame less covered than if
+    # only the full scans had run.
+    full_every = max(1, int(vcfg.full_scan_every))
+    coarse = float(vcfg.coarse_scale)
+    if not 0 < coarse < 1:
+        full_every = 1
+    span = every * full_every  # frames between two full scans
     # the look-ahead must reach the next scanned frame; it is capped because it holds frames
-    cov = TemporalCoverage(keep=max(vcfg.track_keep, every), lead=min(_MAX_LEAD, max(vcfg.track_lead, every)),
+    cov = TemporalCoverage(keep=max(vcfg.track_keep, span), lead=min(_MAX_LEAD, max(vcfg.track_lead, span)),
                            iou_threshold=vcfg.track_iou)
     held: dict[int, _Frame] = {}
 
@@ -567,11 +581,23 @@ def _detect_loop(q_dec, q_enc, stop, fdet: FrameDetector, vcfg, stats, tb, outco
     pool = _detection_pool(width)
     inflight: deque[tuple[_Frame, Future | Detections | None]] = deque()
 
+    # `n` counts scanned frames; scans up to `full_until` run at full resolution because a
+    # small face was in view
+    scan = {"n": 0, "full_until": -1}
+    scanned = {}  # frame index -> (scan number, upright px per px of the full detection image)
+
     def detect(item: _Frame):
         small = item.small
         item.small = None
         st = item.frame
         up_w, up_h = (st.height, st.width) if stats["turns"] % 2 else (st.width, st.height)
+        n = scan["n"]
+        scan["n"] += 1
+        scanned[item.index] = (n, up_w / small.shape[1])
+        if n % full_every and n > scan["full_until"]:
+            h, w = small.shape[:2]
+            small = cv2.resize(small, (max(2, round(w * coarse)), max(2, round(h * coarse))),
+                               interpolation=cv2.INTER_AREA)
         sx, sy = up_w / small.shape[1], up_h / small.shape[0]
         return pool.submit(fdet, small, sx, sy) if pool is not None else fdet(small, sx, sy)
 
@@ -581,6 +607,12 @@ def _detect_loop(q_dec, q_enc, stop, fdet: FrameDetector, vcfg, stats, tb, outco
                             or sum(isinstance(f, Future) for _, f in inflight) > max_pending):
             item, got = inflight.popleft()
             dets = got.result() if isinstance(got, Future) else got
+            if item.index in scanned:
+                n, per_px = scanned.pop(item.index)
+                if len(dets):
+                    sides = np.minimum(dets.boxes[:, 2] - dets.boxes[:, 0], dets.boxes[:, 3] - dets.boxes[:, 1])
+                    if float(sides.min()) < vcfg.coarse_min_face * per_px:
+                        scan["full_until"] = max(scan["full_until"], n + full_every)
             release(cov.push(item.index, dets))
 
     try:
