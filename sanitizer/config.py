@@ -25,6 +25,10 @@ class InputConfig:
 
 
 PRECISIONS = ("int8", "fp32")  # detect.precision values (centerface.py runs them)
+# redact.method / redact.shape values (redact.py implements them). Named here so that checking
+# a config does not import OpenCV: the run's first worker starts spawning right after it.
+REDACT_METHODS = ("gaussian", "pixelate", "solid")
+REDACT_SHAPES = ("ellipse", "box")
 
 
 @dataclass(slots=True)
@@ -278,13 +282,11 @@ def load(path: str | Path | None = None, overrides: dict[str, Any] | None = None
 
 
 def validate(cfg: Config) -> None:
-    from sanitizer.redact import METHODS, SHAPES  # local: redact imports nothing of ours
-
     d, r, v = cfg.detect, cfg.redact, cfg.video
-    if r.method not in METHODS:
-        raise ConfigError(f"unknown redaction method {r.method!r} (known: {', '.join(METHODS)})")
-    if r.shape not in SHAPES:
-        raise ConfigError(f"unknown mask shape {r.shape!r} (known: {', '.join(SHAPES)})")
+    if r.method not in REDACT_METHODS:
+        raise ConfigError(f"unknown redaction method {r.method!r} (known: {', '.join(REDACT_METHODS)})")
+    if r.shape not in REDACT_SHAPES:
+        raise ConfigError(f"unknown mask shape {r.shape!r} (known: {', '.join(REDACT_SHAPES)})")
     if d.precision not in PRECISIONS:
         raise ConfigError(f"unknown detect.precision {d.precision!r} (known: {', '.join(PRECISIONS)})")
     if not 0.0 < d.threshold < 1.0:

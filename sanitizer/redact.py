@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from sanitizer.config import REDACT_SHAPES
+
 
 @dataclass(frozen=True, slots=True)
 class RedactParams:
@@ -24,7 +26,7 @@ class RedactParams:
     color: tuple[int, int, int] = (0, 0, 0)
 
 
-SHAPES = ("ellipse", "box")
+SHAPES = REDACT_SHAPES
 
 
 def expand_boxes(boxes: np.ndarray, margin: float, width: int, height: int) -> np.ndarray:

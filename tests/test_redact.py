@@ -66,6 +66,13 @@ def test_boxes_clipped_at_border_and_empty_ok():
     assert e[0, 2] == 100 and e[0, 3] == 100
 
 
+def test_config_names_every_method_and_shape():
+    from sanitizer.config import REDACT_METHODS, REDACT_SHAPES
+    from sanitizer.redact import SHAPES
+
+    assert tuple(METHODS) == REDACT_METHODS and SHAPES == REDACT_SHAPES
+
+
 def test_unknown_method_is_clear():
     with pytest.raises(ValueError, match="unknown redaction method 'blur'.*gaussian"):
         redact(noisy(), BOX, RedactParams(method="blur"))
