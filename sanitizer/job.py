@@ -191,11 +191,12 @@ def _unpublish_unrecorded(p: Plan, recorded: set[str]) -> None:
 
 def _run(p: Plan, cfg: Config, on_event: Event, started: float, cluster, connected: Callable[[], Any],
          close_cluster: Callable[[], None]) -> Summary:
-    from sanitizer.detect import get_detector
+    from sanitizer.detect import describe
     from sanitizer.execute import map_shards
     from sanitizer.process import Context, failure, process_item
 
-    detector = get_detector(cfg.detect)  # fail before any work if the model is unusable
+    # fail before any work if the model is missing; the workers load it (the driver runs none)
+    detector = describe(cfg.detect)
     storage.makedirs(p.dst)
     summary = Summary(p.run_id, p.dst.url, audit.audit_uri(p.dst), n_files=len(p.items))
     audit.write_part(p.dst, "manifest", p.run_id, manifest.to_parquet_table(p.items))

@@ -26,7 +26,6 @@ from functools import cache
 from importlib import resources
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from sanitizer.config import PRECISIONS
@@ -87,6 +86,13 @@ def _network(path: str, precision: str) -> tuple[bytes, str]:
     # surgery (~0.1 s of every worker's start)
     q = int8_model(lambda: _prepared_model(path)[0], _file_sha256(path))
     return q, hashlib.sha256(q).hexdigest()
+
+
+def describe(cfg) -> tuple[str, str]:
+    """(name, model sha256) of the detector `cfg` (a DetectConfig) would build, as the audit
+    records them, without an onnxruntime session: what a run's driver needs (its workers load
+    the model). Raises DetectorError when the weights are missing."""
+    return CenterFaceDetector.name, _network(str(model_path()), cfg.precision)[1]
 
 
 def int8_ready(path: str | None = None) -> bool:
@@ -259,6 +265,8 @@ class CenterFaceDetector:
             return self.infer(image, threshold)
         h, w = image.shape[:2]
         size = (max(32, int(round(w * scale))), max(32, int(round(h * scale))))
+        import cv2  # not at module level: the driver reads `describe` without OpenCV
+
         interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
         resized = cv2.resize(image, size, interpolation=interp)
         dets = self.infer(resized, threshold)
