@@ -107,8 +107,9 @@ def _run_stopped(run_id: str) -> bool:
 
 
 class _WorkerSetup(WorkerPlugin):
-    """Dask worker plugin: pin OpenCV's thread pool in every worker process, and start loading
-    the run's detector in the background (~0.1 s) while the first task is on its way."""
+    """Dask worker plugin: in the background, pin OpenCV's thread pool and load the run's
+    detector (~0.1 s) while the worker registers and its first task is on its way. A task
+    waits for it (`_detector`'s lock) and pins the threads itself when the model changed."""
 
     name = "sanitizer-worker-setup"
     idempotent = True
@@ -117,12 +118,13 @@ class _WorkerSetup(WorkerPlugin):
         self.detect = detect
 
     def setup(self, worker) -> None:
-        _limit_threads(int(self.detect.get("threads", 1)))
         threading.Thread(target=self._warm_up, name="sanitizer-model-warm-up", daemon=True).start()
 
     def _warm_up(self) -> None:
-        with contextlib.suppress(Exception):  # a detector that cannot load fails the task instead
-            _detector(self.detect)
+        try:
+            _detector(self.detect)  # pins OpenCV's threads, then loads the model
+        except Exception:  # noqa: BLE001 - a detector that cannot load fails the task instead
+            _limit_threads(int(self.detect.get("threads", 1)))
 
 
 
@@ -250,6 +252,8 @@ class LocalWorkers:
                     scheduler_kwargs={"dashboard": False, "dashboard_address": "127.0.0.1:0"},
                     memory_limit=ex.memory_limit,
                     env={"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"},
+                    # set up as each worker starts, before it registers: the model loads meanwhile
+                    plugins=(_WorkerSetup(self.detect),),
                 )
             except (OSError, RuntimeError, TimeoutError) as exc:
                 raise ClusterError(f"cannot start a local Dask cluster: {exc}") from None
@@ -304,8 +308,7 @@ class LocalWorkers:
         from distributed import Client
 
         client = Client(self.cluster)
-        try:
-            client.register_plugin(_WorkerSetup(self.detect))
+        try:  # (the workers were given _WorkerSetup when they started)
             deadline = time.monotonic() + WORKER_START_TIMEOUT
             while not client.scheduler_info().get("workers"):
                 if self._processes and all(p.exitcode is not None for p in self._processes):

@@ -3,6 +3,8 @@
 Images are numpy arrays in RGB(A) order, HxW (gray), HxWx3 or HxWx4, uint8 or uint16.
 Alpha is never changed. Each face is handled in its own region of interest, so the cost
 grows with the face area, not the frame size.
+
+OpenCV is imported where it is used: a run's driver builds RedactParams but never redacts.
 """
 
 from __future__ import annotations
@@ -10,7 +12,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 
 from sanitizer.config import REDACT_SHAPES
@@ -42,6 +43,8 @@ def expand_boxes(boxes: np.ndarray, margin: float, width: int, height: int) -> n
 
 def _region_mask(shape: str, box: np.ndarray, roi: tuple[int, int, int, int]) -> np.ndarray:
     """Boolean mask of one (unclipped, enlarged) face inside the clipped `roi` x1,y1,x2,y2."""
+    import cv2
+
     x1, y1, x2, y2 = roi
     h, w = y2 - y1, x2 - x1
     if shape == "box":
@@ -86,6 +89,8 @@ def _regions(boxes: np.ndarray, margin: float, width: int, height: int, grid: in
 
 def _gaussian(roi: np.ndarray, side: float, p: RedactParams) -> np.ndarray:
     """Blur with sigma = strength * face side: downscale, blur, upscale (constant cost)."""
+    import cv2
+
     h, w = roi.shape[:2]
     sigma = max(1.0, p.blur_strength * side)
     scale = min(1.0, 2.0 / sigma)
@@ -102,6 +107,8 @@ def _gaussian(roi: np.ndarray, side: float, p: RedactParams) -> np.ndarray:
 
 def _pixelate(roi: np.ndarray, side: float, p: RedactParams) -> np.ndarray:
     """At most `blocks` blocks across the face: block side = ceil(face side / blocks)."""
+    import cv2
+
     h, w = roi.shape[:2]
     block = max(1, int(np.ceil(side / max(1, p.blocks))))
     sw, sh = max(1, int(np.ceil(w / block))), max(1, int(np.ceil(h / block)))
