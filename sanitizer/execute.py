@@ -118,7 +118,15 @@ class _WorkerSetup(WorkerPlugin):
         self.detect = detect
 
     def setup(self, worker) -> None:
-        threading.Thread(target=self._warm_up, name="sanitizer-model-warm-up", daemon=True).start()
+        self._thread = threading.Thread(target=self._warm_up, name="sanitizer-model-warm-up", daemon=True)
+        self._thread.start()
+
+    def teardown(self, worker) -> None:
+        # a process that exits while this thread is inside onnxruntime or OpenCV's start-up dies
+        # printing "terminate called without an active exception" (a run that stops at once)
+        thread = getattr(self, "_thread", None)
+        if thread is not None:
+            thread.join(60)
 
     def _warm_up(self) -> None:
         try:
