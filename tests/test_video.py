@@ -144,6 +144,41 @@ def test_upright_to_stored_matches_rot90(turns):
     assert got.tolist() == [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]
 
 
+def _contains(outer, inner) -> bool:
+    return bool((outer[:2] <= inner[:2] + 1e-4).all() and (outer[2:] >= inner[2:] - 1e-4).all())
+
+
+def test_steady_masks_always_contain_the_face_and_hold_still_through_jitter():
+    rng = np.random.default_rng(7)
+    steady = video.SteadyMasks()
+    painted = []
+    for t in range(60):
+        # one face drifting right ~1 px a frame with +-3 px of detector jitter, one static face
+        a = np.array([100 + t + rng.uniform(-3, 3), 80 + rng.uniform(-3, 3), 300 + t + rng.uniform(-3, 3),
+                      340 + rng.uniform(-3, 3)], np.float32)
+        b = np.array([500, 60, 540, 110], np.float32)
+        boxes, ids = np.stack([a, b]), np.array([4, 9])
+        out = steady(boxes, ids)
+        assert all(_contains(o, f) for o, f in zip(out, boxes, strict=True))  # masks only grow
+        painted.append(out)
+    changes = sum(not np.array_equal(p[0], q[0]) for p, q in zip(painted, painted[1:], strict=False))
+    assert changes <= 12  # 59 frame steps; the mask moves once the face leaves its 10 % slack
+    assert all(np.array_equal(p[1], painted[0][1]) for p in painted)  # the static face: never
+    # a mask is never more than 1.6x the face's area: it follows a face that shrinks
+    small = np.array([[150, 100, 200, 160]], np.float32)
+    out = steady(small, np.array([4]))
+    assert _contains(out[0], small[0]) and (out[0][2] - out[0][0]) * (out[0][3] - out[0][1]) <= 1.6 * 50 * 60
+
+
+def test_steady_masks_forget_tracks_that_left():
+    steady = video.SteadyMasks()
+    box = np.array([[10, 10, 50, 50]], np.float32)
+    first = steady(box, np.array([1]))
+    steady(np.zeros((0, 4), np.float32), np.zeros(0, np.int64))
+    again = steady(box - 2, np.array([1]))  # back after a frame without it: a fresh fit
+    assert not np.array_equal(first, again) and _contains(again[0], box[0] - 2)
+
+
 @pytest.mark.parametrize(
     ("size", "expected"),
     # long side 0.5x the frame's in [640, 768] px, sides >= 256 px aligned to 32 (ties down)
