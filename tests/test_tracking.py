@@ -72,6 +72,17 @@ def test_carried_box_follows_velocity_and_grows():
     assert f3.boxes[0, 2] - f3.boxes[0, 0] > 20  # and grew
 
 
+def test_carried_box_of_a_face_shrinking_at_the_border_never_inverts():
+    """Leaving the frame: the right edge stays at the border, the left one moves 12 px a
+    frame. Carried on, the box keeps at least half its last detected size, never x2 < x1."""
+    cov = TemporalCoverage(keep=8, lead=0, growth=0.0)
+    seq = {0: det([580, 10, 640, 70]), 2: det([604, 10, 640, 70])}
+    frames = run(cov, seq, 11)
+    for f in frames[3:]:
+        (x1, y1, x2, y2), = f.boxes
+        assert x2 - x1 >= 0.5 * 36 - 1e-3 and y2 - y1 > 0, f.frame
+
+
 def test_two_faces_keep_separate_track_ids():
     cov = TemporalCoverage(keep=2, lead=1)
     seq = {t: det([10 + t, 10, 40 + t, 40], [200 - t, 50, 240 - t, 90]) for t in range(10)}

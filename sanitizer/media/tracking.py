@@ -41,6 +41,20 @@ def grow(box: np.ndarray, factor: float) -> np.ndarray:
     return np.array([cx - hw, cy - hh, cx + hw, cy + hh], np.float64)
 
 
+def _least_size(box: np.ndarray, detected: np.ndarray, least: float = 0.5) -> np.ndarray:
+    """An extrapolated box keeps at least `least` x the size of the detection it was carried
+    from, about its own centre. Each edge moves with its own velocity, so a face shrinking
+    at the frame's border (one edge still, the other moving) would otherwise be carried into
+    an empty or inverted box (x2 < x1): no mask, and a negative width in the audit."""
+    w, h = box[2] - box[0], box[3] - box[1]
+    mw, mh = (detected[2] - detected[0]) * least, (detected[3] - detected[1]) * least
+    if w >= mw and h >= mh:
+        return box
+    cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+    w, h = max(w, mw), max(h, mh)
+    return np.array([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], np.float64)
+
+
 @dataclass(slots=True)
 class Track:
     id: int
@@ -169,11 +183,11 @@ class TemporalCoverage:
             return grow(box, min(self.max_growth, 1 + self.growth * d / 2)), min(tr.scores[prev], tr.scores[nxt]), False
         if prev is not None and t - frames[prev] <= self.keep:
             d = t - frames[prev]
-            box = tr.boxes[prev] + tr.velocity(prev, True) * d
+            box = _least_size(tr.boxes[prev] + tr.velocity(prev, True) * d, tr.boxes[prev])
             return grow(box, min(self.max_growth, 1 + self.growth * d)), tr.scores[prev], False
         if nxt is not None and frames[nxt] - t <= self.lead:
             d = frames[nxt] - t
-            box = tr.boxes[nxt] - tr.velocity(nxt, False) * d
+            box = _least_size(tr.boxes[nxt] - tr.velocity(nxt, False) * d, tr.boxes[nxt])
             return grow(box, min(self.max_growth, 1 + self.growth * d)), tr.scores[nxt], False
         return None
 
