@@ -315,8 +315,8 @@ class LocalWorkers:
         """A client, once the first worker is up (a worker that cannot start is an error)."""
         from distributed import Client
 
-        client = Client(self.cluster)
-        try:  # (the workers were given _WorkerSetup when they started)
+        client = Client(self.cluster)  # no plugin to register: workers start with _WorkerSetup
+        try:
             deadline = time.monotonic() + WORKER_START_TIMEOUT
             while not client.scheduler_info().get("workers"):
                 if self._processes and all(p.exitcode is not None for p in self._processes):

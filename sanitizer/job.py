@@ -116,12 +116,6 @@ def published(dst: storage.Location, fingerprint: str) -> dict[str, str]:
     return out
 
 
-def _prepare_model(cfg: Config) -> None:
-    from sanitizer.detect import get_detector
-
-    get_detector(cfg.detect)
-
-
 def run(p: Plan, cfg: Config, on_event: Event = _noop, local=None) -> Summary:
     """Process a plan; audit parts are written as shards finish, the run row at the end.
     `local`: the embedded cluster from `execute.prestart`, if one was started (closed here)."""
@@ -143,8 +137,10 @@ def run(p: Plan, cfg: Config, on_event: Event = _noop, local=None) -> Summary:
             if not int8_ready():
                 # first run on this machine: derive the int8 network here, before any task
                 # starts, so workers read it from the cache instead of waiting for it
+                from sanitizer.detect import describe
+
                 on_event("model_prepare")
-                _prepare_model(cfg)
+                describe(cfg.detect)  # derives and caches the network (no inference session)
         # The client connects in the background while the driver prepares (model check,
         # manifest, skipped rows); the workers are already starting.
         starter = ThreadPoolExecutor(1, thread_name_prefix="sanitizer-cluster")
