@@ -87,6 +87,12 @@ def _regions(boxes: np.ndarray, margin: float, width: int, height: int, grid: in
             yield box, (x1, y1, x2, y2)
 
 
+def mask_regions(boxes: np.ndarray, margin: float, width: int, height: int, grid: int = 0) -> list[tuple[int, int, int, int]]:
+    """The x1, y1, x2, y2 pixel regions `redact_inplace` paints for `boxes` (same margin and
+    grid), e.g. to tell a video encoder where the redacted areas are."""
+    return [roi for _, roi in _regions(boxes, margin, width, height, grid)]
+
+
 def _gaussian(roi: np.ndarray, side: float, p: RedactParams) -> np.ndarray:
     """Blur with sigma = strength * face side: downscale, blur, upscale (constant cost)."""
     import cv2

@@ -170,6 +170,37 @@ def test_steady_masks_always_contain_the_face_and_hold_still_through_jitter():
     assert _contains(out[0], small[0]) and (out[0][2] - out[0][0]) * (out[0][3] - out[0][1]) <= 1.6 * 50 * 60
 
 
+def test_region_marker_attaches_the_redacted_regions_without_copying_the_frame():
+    import struct
+
+    fr = av.VideoFrame(320, 192, "yuv420p")
+    fr.pts, fr.time_base, fr.color_range = 7, Fraction(1, 25), 2
+    regions = [(16, 32, 80, 96), (160, 0, 320, 64)]
+    out = video.RegionMarker(0.2)(fr, regions)
+    assert out.planes[0].buffer_ptr == fr.planes[0].buffer_ptr  # the same pixels
+    assert (out.pts, out.color_range) == (7, 2)
+    sd = out.side_data.get(av.sidedata.sidedata.Type.REGIONS_OF_INTEREST)
+    assert sd is not None
+    raw = bytes(sd)
+    rois = [struct.unpack_from("<I4i2i", raw, 28 * k) for k in range(len(raw) // 28)]
+    # AVRegionOfInterest: self_size, top, bottom, left, right, qoffset (num, den)
+    assert sorted((r[3], r[1], r[4], r[2]) for r in rois) == sorted(regions)
+    assert all(r[5] / r[6] == pytest.approx(0.2) for r in rois)
+    assert video.RegionMarker(0)(fr, regions) is fr and video.RegionMarker(0.2)(fr, []) is fr
+
+
+def test_encoder_spends_fewer_bits_on_redacted_regions(tmp_path):
+    src = make_clip(tmp_path / "in.mp4", frames=30, size=(320, 192), audio=None)
+    blur = RedactParams(method="gaussian", shape="box", margin=1.0)
+    sizes = {}
+    for q in (0.0, 0.3):
+        out = tmp_path / f"out{q}.mp4"
+        res = video.sanitize(str(src), str(out), FakeDetector(), blur, VideoConfig(redacted_qoffset=q), container="mp4")
+        assert res.frames == 30 and len(frames_rgb(out)) == 30
+        sizes[q] = out.stat().st_size
+    assert sizes[0.3] < sizes[0.0]
+
+
 def test_steady_masks_forget_tracks_that_left():
     steady = video.SteadyMasks()
     box = np.array([[10, 10, 50, 50]], np.float32)
