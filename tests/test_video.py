@@ -187,6 +187,13 @@ def test_region_marker_attaches_the_redacted_regions_without_copying_the_frame()
     assert sorted((r[3], r[1], r[4], r[2]) for r in rois) == sorted(regions)
     assert all(r[5] / r[6] == pytest.approx(0.2) for r in rois)
     assert video.RegionMarker(0)(fr, regions) is fr and video.RegionMarker(0.2)(fr, []) is fr
+    # one marker, frame after frame: the same regions reuse its filter graph, new ones rebuild it
+    marker = video.RegionMarker(0.2)
+    for pts, rs in enumerate([regions, regions, regions[:1], regions]):
+        f = av.VideoFrame(320, 192, "yuv420p")
+        f.pts, f.time_base = pts, Fraction(1, 25)
+        sd = marker(f, rs).side_data.get(av.sidedata.sidedata.Type.REGIONS_OF_INTEREST)
+        assert sd is not None and len(bytes(sd)) == 28 * len(rs)
 
 
 def test_encoder_spends_fewer_bits_on_redacted_regions(tmp_path):

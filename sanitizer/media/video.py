@@ -231,6 +231,8 @@ class RegionMarker:
 
     def __init__(self, qoffset: float) -> None:
         self.qoffset = Fraction(qoffset).limit_denominator(100)
+        self._graph = None
+        self._key: tuple = ()
 
     def __call__(self, frame: av.VideoFrame, regions: list[tuple[int, int, int, int]]) -> av.VideoFrame:
         if not regions or not self.qoffset:
@@ -242,6 +244,13 @@ class RegionMarker:
             return frame
 
     def _mark(self, frame: av.VideoFrame, regions: list[tuple[int, int, int, int]]) -> av.VideoFrame:
+        key = (frame.width, frame.height, frame.format.name, tuple(regions))
+        if key != self._key:  # steady masks keep the same regions for frames on end
+            self._graph, self._key = self._build(frame, regions), key
+        self._graph.push(frame)
+        return self._graph.pull()
+
+    def _build(self, frame: av.VideoFrame, regions: list[tuple[int, int, int, int]]):
         import av.filter
 
         graph = av.filter.Graph()
@@ -255,8 +264,7 @@ class RegionMarker:
         sink = graph.add("buffersink")
         last.link_to(sink)
         graph.configure()
-        graph.push(frame)
-        return graph.pull()
+        return graph
 
 
 # -- the pipeline -------------------------------------------------------------------------
