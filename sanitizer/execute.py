@@ -140,7 +140,6 @@ class _WorkerSetup(WorkerPlugin):
             _limit_threads(int(self.detect.get("threads", 1)))
 
 
-
 def _quick_exit() -> None:
     """At the exit of an embedded worker process, once its other exit handlers have run: end it
     without tearing the interpreter down (~0.1 s with Dask, onnxruntime, OpenCV and PyAV
