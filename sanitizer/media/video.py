@@ -372,7 +372,9 @@ def _remove(path: str) -> None:
 
 
 def _reason(exc: BaseException) -> str:
-    return " ".join(str(exc).split())[:300] or type(exc).__name__
+    # FFmpeg's and the OS's errors: their message, without the errno and the (temporary) path
+    text = exc.strerror if isinstance(exc, (av.error.FFmpegError, OSError)) and exc.strerror else str(exc)
+    return " ".join(str(text).split())[:300] or type(exc).__name__
 
 
 def _run(inp, out_path: str, kind: str, muxer: str, fdet: FrameDetector, params: RedactParams, vcfg) -> VideoOutcome:
