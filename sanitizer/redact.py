@@ -87,12 +87,6 @@ def _regions(boxes: np.ndarray, margin: float, width: int, height: int, grid: in
             yield box, (x1, y1, x2, y2)
 
 
-def mask_regions(boxes: np.ndarray, margin: float, width: int, height: int, grid: int = 0) -> list[tuple[int, int, int, int]]:
-    """The x1, y1, x2, y2 pixel regions `redact_inplace` paints for `boxes` (same margin and
-    grid), e.g. to tell a video encoder where the redacted areas are."""
-    return [roi for _, roi in _regions(boxes, margin, width, height, grid)]
-
-
 def _gaussian(roi: np.ndarray, side: float, p: RedactParams) -> np.ndarray:
     """Blur with sigma = strength * face side: downscale, blur, upscale (constant cost)."""
     import cv2
@@ -148,8 +142,10 @@ def redact(image: np.ndarray, boxes: np.ndarray, params: RedactParams) -> np.nda
     return out
 
 
-def redact_inplace(image: np.ndarray, boxes: np.ndarray, params: RedactParams, grid: int = 0) -> None:
-    """Redact `image` in place (for frame buffers the caller owns).
+def redact_inplace(image: np.ndarray, boxes: np.ndarray, params: RedactParams,
+                   grid: int = 0) -> list[tuple[int, int, int, int]]:
+    """Redact `image` in place (for frame buffers the caller owns); returns the x1, y1, x2, y2
+    regions it painted (e.g. to tell a video encoder where the redacted areas are).
 
     grid > 1 (video frames): every region is widened outward to multiples of `grid` px and
     the blur's face side is rounded up to quarter-octave steps, so a mask that follows a
@@ -165,7 +161,9 @@ def redact_inplace(image: np.ndarray, boxes: np.ndarray, params: RedactParams, g
     color_channels = 3 if image.ndim == 3 and image.shape[2] == 4 else None
     if image.ndim == 3 and image.shape[2] == 2:  # gray + alpha
         color_channels = 1
+    painted = []
     for box, roi in _regions(boxes, params.margin, w, h, grid):
+        painted.append(roi)
         x1, y1, x2, y2 = roi
         view = image[y1:y2, x1:x2]
         if color_channels is not None:
@@ -180,6 +178,7 @@ def redact_inplace(image: np.ndarray, boxes: np.ndarray, params: RedactParams, g
         else:
             m = _region_mask(params.shape, box, roi)
             view[m] = redacted[m]
+    return painted
 
 
 def params_from_config(cfg) -> RedactParams:  # cfg: sanitizer.config.RedactConfig

@@ -44,7 +44,7 @@ from sanitizer.errors import DecodeError, EncodeError, MediaError
 from sanitizer.manifest import EXTENSIONS as MANIFEST_EXTENSIONS
 from sanitizer.media.tracking import FrameBoxes, TemporalCoverage
 from sanitizer.records import Detections
-from sanitizer.redact import RedactParams, mask_regions, redact_inplace
+from sanitizer.redact import RedactParams, redact_inplace
 
 
 @dataclass(slots=True)
@@ -169,19 +169,21 @@ def _yuv_params(params: RedactParams, full_range: bool = False) -> tuple[RedactP
     return mk(y), mk(u), mk(v)
 
 
-def redact_yuv420p(frame: av.VideoFrame, boxes: np.ndarray, params: RedactParams) -> None:
-    """Redact `boxes` (stored-frame pixels) in a yuv420p frame's planes, in place.
-    The frame is made writable first, so a decoder's reference buffer is never touched."""
+def redact_yuv420p(frame: av.VideoFrame, boxes: np.ndarray, params: RedactParams) -> list[tuple[int, int, int, int]]:
+    """Redact `boxes` (stored-frame pixels) in a yuv420p frame's planes, in place; returns the
+    regions painted (frame pixels, on the macroblock grid). The frame is made writable first,
+    so a decoder's reference buffer is never touched."""
     if not len(boxes):
-        return
+        return []
     frame.make_writable()
     w, h = frame.width, frame.height
     py, pu, pv = _yuv_params(params, full_range=frame.color_range == 2)
-    redact_inplace(_plane(frame, 0, w, h), boxes, py, MASK_GRID)
+    regions = redact_inplace(_plane(frame, 0, w, h), boxes, py, MASK_GRID)
     cw, ch = (w + 1) // 2, (h + 1) // 2
     half = np.asarray(boxes, np.float32) / 2
     redact_inplace(_plane(frame, 1, cw, ch), half, pu, MASK_GRID // 2)
     redact_inplace(_plane(frame, 2, cw, ch), half, pv, MASK_GRID // 2)
+    return regions
 
 
 class SteadyMasks:
@@ -244,7 +246,7 @@ class RegionMarker:
             return frame
 
     def _mark(self, frame: av.VideoFrame, regions: list[tuple[int, int, int, int]]) -> av.VideoFrame:
-        key = (frame.width, frame.height, frame.format.name, tuple(regions))
+        key = tuple(regions)  # a file's frames keep one size and format (a change fails the file)
         if key != self._key:  # steady masks keep the same regions for frames on end
             self._graph, self._key = self._build(frame, regions), key
         self._graph.push(frame)
@@ -535,11 +537,9 @@ def _run(inp, out_path: str, kind: str, muxer: str, fdet: FrameDetector, params:
             if item is not _END and item[0] == "v":
                 boxes = item[2] if steady is None else steady(item[2], item[4])
                 if len(boxes):
-                    fr = item[1]
-                    redact_yuv420p(fr, boxes, params)
+                    regions = redact_yuv420p(item[1], boxes, params)
                     if marker is not None:
-                        regions = mask_regions(boxes, params.margin, fr.width, fr.height, MASK_GRID)
-                        item = (item[0], marker(fr, regions), *item[2:])
+                        item = (item[0], marker(item[1], regions), *item[2:])
             _put(q_out, item, stop)
             if item is _END:
                 break
