@@ -28,7 +28,12 @@ IMAGE_EXT = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
 
 
 def find_deface(explicit: str | None) -> str | None:
-    for cand in (explicit, os.environ.get("DEFACE"), "/work/deface-venv/bin/deface", shutil.which("deface")):
+    for cand in (
+        explicit,
+        os.environ.get("DEFACE"),
+        "/work/deface-venv/bin/deface",
+        shutil.which("deface"),
+    ):
         if cand and Path(cand).is_file():
             return cand
     return None
@@ -39,15 +44,34 @@ def coverage(out_dir: Path, tmp: Path, name: str) -> dict | None:
     if not (tool.is_file() and gt.is_file()):
         return None
     js = tmp / f"{name}-coverage.json"
-    subprocess.run([sys.executable, str(tool), "--gt", str(gt), "--orig", str(SHARED / "data"),
-                    "--out", str(out_dir), "--json", str(js)], check=True, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            str(tool),
+            "--gt",
+            str(gt),
+            "--orig",
+            str(SHARED / "data"),
+            "--out",
+            str(out_dir),
+            "--json",
+            str(js),
+        ],
+        check=True,
+        capture_output=True,
+    )
     res = json.loads(js.read_text())
-    return {"ge16": res["rows"]["all|>=16"]["recall"], "all": res["rows"]["all|all"]["recall"],
-            "negatives_masked": res["negatives_masked_share"]}
+    return {
+        "ge16": res["rows"]["all|>=16"]["recall"],
+        "all": res["rows"]["all|all"]["recall"],
+        "negatives_masked": res["negatives_masked_share"],
+    }
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--folder", type=Path, default=SHARED / "data" / "images")
     ap.add_argument("--deface", default=None, help="path of a deface executable (separate venv)")
     ap.add_argument("--method", default="solid")
@@ -64,7 +88,16 @@ def main() -> int:
         tmp = Path(tmpd)
         # layout the coverage tool understands: <out>/images/<set>/<file>
         out = tmp / "sanitizer" / "images"
-        cmd = [sys.executable, "-m", "sanitizer", "run", str(a.folder), str(out), "--method", a.method]
+        cmd = [
+            sys.executable,
+            "-m",
+            "sanitizer",
+            "run",
+            str(a.folder),
+            str(out),
+            "--method",
+            a.method,
+        ]
         if a.workers:
             cmd += ["--workers", str(a.workers)]
         if a.config:
@@ -80,9 +113,16 @@ def main() -> int:
         files = pd.read_parquet(out / "_audit" / "files")
         ok = files[files.kind == "image"]
         compute = ok.duration_ms.sum() / 1000
-        rows.append(dict(tool="sanitizer", images=len(ok), wall_s=wall, images_per_s=len(ok) / wall,
-                         compute_s_per_image=compute / max(1, len(ok)),
-                         coverage=coverage(out.parent, tmp, "sanitizer")))
+        rows.append(
+            dict(
+                tool="sanitizer",
+                images=len(ok),
+                wall_s=wall,
+                images_per_s=len(ok) / wall,
+                compute_s_per_image=compute / max(1, len(ok)),
+                coverage=coverage(out.parent, tmp, "sanitizer"),
+            )
+        )
         deface = find_deface(a.deface)
         if deface:
             copy = tmp / "deface" / "images"
@@ -90,28 +130,43 @@ def main() -> int:
             inputs = sorted(str(p) for p in copy.rglob("*") if p.suffix.lower() in IMAGE_EXT)
             mode = "solid" if a.method == "solid" else "blur"
             t0 = time.perf_counter()
-            subprocess.run([deface, "--replacewith", mode, *inputs], capture_output=True, check=True)
+            subprocess.run(
+                [deface, "--replacewith", mode, *inputs], capture_output=True, check=True
+            )
             dwall = time.perf_counter() - t0
             # deface writes <stem>_anonymized<ext> next to each input: move them in place
             for p in inputs:
                 anon = Path(p).with_name(Path(p).stem + "_anonymized" + Path(p).suffix)
                 if anon.exists():
                     os.replace(anon, p)
-            rows.append(dict(tool="deface 1.5", images=len(inputs), wall_s=dwall, images_per_s=len(inputs) / dwall,
-                             compute_s_per_image=dwall / max(1, len(inputs)),
-                             coverage=coverage(copy.parent, tmp, "deface")))
+            rows.append(
+                dict(
+                    tool="deface 1.5",
+                    images=len(inputs),
+                    wall_s=dwall,
+                    images_per_s=len(inputs) / dwall,
+                    compute_s_per_image=dwall / max(1, len(inputs)),
+                    coverage=coverage(copy.parent, tmp, "deface"),
+                )
+            )
         else:
             print("deface not found: pass --deface PATH to compare (install it in a separate venv)")
     print()
-    print("| tool | images | wall s | images/s | s/image (compute) | cov >=16 px | cov all | face-free masked |")
+    print(
+        "| tool | images | wall s | images/s | s/image (compute) | cov >=16 px | cov all | face-free masked |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         c = r["coverage"] or {}
-        print(f"| {r['tool']} | {r['images']} | {r['wall_s']:.1f} | {r['images_per_s']:.2f} | "
-              f"{r['compute_s_per_image']:.3f} | {c.get('ge16', float('nan')):.3f} | {c.get('all', float('nan')):.3f} | "
-              f"{100 * c.get('negatives_masked', float('nan')):.3f}% |")
+        print(
+            f"| {r['tool']} | {r['images']} | {r['wall_s']:.1f} | {r['images_per_s']:.2f} | "
+            f"{r['compute_s_per_image']:.3f} | {c.get('ge16', float('nan')):.3f} | {c.get('all', float('nan')):.3f} | "
+            f"{100 * c.get('negatives_masked', float('nan')):.3f}% |"
+        )
     if len(rows) == 2:
-        print(f"\nsanitizer / deface images/s ratio: {rows[0]['images_per_s'] / rows[1]['images_per_s']:.2f}x")
+        print(
+            f"\nsanitizer / deface images/s ratio: {rows[0]['images_per_s'] / rows[1]['images_per_s']:.2f}x"
+        )
     return 0
 
 

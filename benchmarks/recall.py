@@ -37,8 +37,10 @@ def recall_tables(gt, limit: int | None) -> list[str]:
     from sanitizer import evaluate as ev
     from sanitizer.config import load
 
-    lines = ["| profile | <16 | 16-32 | 32-64 | >=64 | >=16 | all | recall@.5 all | precision@.5 all | face-free masked | images/s |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        "| profile | <16 | 16-32 | 32-64 | >=64 | >=16 | all | recall@.5 all | precision@.5 all | face-free masked | images/s |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for name, src in PROFILES.items():
         overrides = {"redact": {"method": "solid"}}
         if src == "haar":
@@ -50,7 +52,8 @@ def recall_tables(gt, limit: int | None) -> list[str]:
         allrow = rep.row("all")
         neg = rep.negatives_masked_share
         lines.append(
-            f"| {name} | " + " | ".join(pct(cov[b]) for b in ev.ROWS)
+            f"| {name} | "
+            + " | ".join(pct(cov[b]) for b in ev.ROWS)
             + f" | {pct(allrow['recall@0.5'])} | {pct(allrow['precision@0.5'])}"
             + f" | {'-' if neg is None else f'{100 * neg:.3f}%'} | {rep.images_per_s:.1f} |"
         )
@@ -78,19 +81,30 @@ def irreversibility(gt, limit: int | None) -> list[str]:
     variants = {
         "none (original)": None,
         "gaussian, blur_strength 0.5 (default)": base,
-        "gaussian, blur_strength 0.25": dataclasses.replace(base, method="gaussian", blur_strength=0.25),
-        "gaussian, blur_strength 0.1": dataclasses.replace(base, method="gaussian", blur_strength=0.1),
+        "gaussian, blur_strength 0.25": dataclasses.replace(
+            base, method="gaussian", blur_strength=0.25
+        ),
+        "gaussian, blur_strength 0.1": dataclasses.replace(
+            base, method="gaussian", blur_strength=0.1
+        ),
         "pixelate, 4 blocks (default)": dataclasses.replace(base, method="pixelate"),
         "pixelate, 8 blocks": dataclasses.replace(base, method="pixelate", blocks=8),
         "solid (default)": dataclasses.replace(base, method="solid"),
         # the mask shape before 2026-11-26: an ellipse keeps the head's outline
         "gaussian 0.5, ellipse mask": dataclasses.replace(base, shape="ellipse"),
-        "pixelate 4 blocks, ellipse mask": dataclasses.replace(base, method="pixelate", shape="ellipse"),
+        "pixelate 4 blocks, ellipse mask": dataclasses.replace(
+            base, method="pixelate", shape="ellipse"
+        ),
         "solid, ellipse mask": dataclasses.replace(base, method="solid", shape="ellipse"),
     }
     thr = cfg.detect.threshold
-    stats = {k: {"faces": 0, "plain": 0, "full": 0, "big": 0, "big_plain": 0, "scores": []} for k in variants}
-    items = [g for g in gt if not g.negative][:limit] if limit else [g for g in gt if not g.negative]
+    stats = {
+        k: {"faces": 0, "plain": 0, "full": 0, "big": 0, "big_plain": 0, "scores": []}
+        for k in variants
+    }
+    items = (
+        [g for g in gt if not g.negative][:limit] if limit else [g for g in gt if not g.negative]
+    )
     for g in items:
         rgb = _read_rgb(root, g.file)
         faces = det.detect(rgb)
@@ -115,22 +129,28 @@ def irreversibility(gt, limit: int | None) -> list[str]:
                     if key == "plain":
                         best = np.where(iou >= 0.3, found.scores[None, :], 0).max(1)
                         s["scores"] += [float(v) for v in best[hit]]
-    lines = [f"| redaction | faces | found again, native pass @{thr:g} | faces >= {BIG} px found again, native pass | "
-             "found again, default detector | median / max score when found (native pass) |",
-             "| --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        f"| redaction | faces | found again, native pass @{thr:g} | faces >= {BIG} px found again, native pass | "
+        "found again, default detector | median / max score when found (native pass) |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
     for name, s in stats.items():
         n = max(1, s["faces"])
         sc = s["scores"]
         med = f"{np.median(sc):.2f} / {max(sc):.2f}" if sc else "-"
         nb = max(1, s["big"])
-        lines.append(f"| {name} | {s['faces']} | {s['plain']} ({100 * s['plain'] / n:.1f}%) | "
-                     f"{s['big_plain']}/{s['big']} ({100 * s['big_plain'] / nb:.1f}%) | "
-                     f"{s['full']} ({100 * s['full'] / n:.1f}%) | {med} |")
+        lines.append(
+            f"| {name} | {s['faces']} | {s['plain']} ({100 * s['plain'] / n:.1f}%) | "
+            f"{s['big_plain']}/{s['big']} ({100 * s['big_plain'] / nb:.1f}%) | "
+            f"{s['full']} ({100 * s['full'] / n:.1f}%) | {med} |"
+        )
     return lines
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--limit", type=int, default=None, help="first N images only")
     ap.add_argument("--skip-irreversibility", action="store_true")
     ap.add_argument("--skip-recall", action="store_true")
@@ -143,8 +163,10 @@ def main() -> int:
     gt = load_ground_truth(DATA / "faces_dev.json")
     t0 = time.time()
     n_faces = sum(len(g.boxes) for g in (gt[: a.limit] if a.limit else gt))
-    print(f"### Redaction coverage by face size (% of faces protected), {DATA.name}/faces_dev.json, "
-          f"{len(gt[: a.limit] if a.limit else gt)} images, {n_faces} faces, --method solid\n")
+    print(
+        f"### Redaction coverage by face size (% of faces protected), {DATA.name}/faces_dev.json, "
+        f"{len(gt[: a.limit] if a.limit else gt)} images, {n_faces} faces, --method solid\n"
+    )
     if not a.skip_recall:
         print("\n".join(recall_tables(gt, a.limit)))
     if not a.skip_irreversibility:

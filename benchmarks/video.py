@@ -83,8 +83,20 @@ def run_sanitizer(clip: Path, work: Path, cfg_overrides: dict, method: str, work
     shutil.copy(clip, src / clip.name)
     cfg_file = work / "bench.yaml"
     cfg_file.write_text(yaml.safe_dump(cfg_overrides or {}))
-    cmd = [sys.executable, "-m", "sanitizer", "run", str(src), str(dst), "--method", method,
-           "--workers", str(workers), "--config", str(cfg_file)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "sanitizer",
+        "run",
+        str(src),
+        str(dst),
+        "--method",
+        method,
+        "--workers",
+        str(workers),
+        "--config",
+        str(cfg_file),
+    ]
     ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     t = time.perf_counter()
     r = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
@@ -99,18 +111,37 @@ def run_sanitizer(clip: Path, work: Path, cfg_overrides: dict, method: str, work
     row = files[files.key == clip.name].iloc[0]
     if row.status != "ok":
         raise SystemExit(f"sanitizer failed on the clip: {row.error}")
-    return dict(wall=wall, file_s=row.duration_ms / 1000, out=dst / clip.name, frames=int(row.frames),
-                rss_mb=peak_child_rss_mb(), cores=cpu / wall)
+    return dict(
+        wall=wall,
+        file_s=row.duration_ms / 1000,
+        out=dst / clip.name,
+        frames=int(row.frames),
+        rss_mb=peak_child_rss_mb(),
+        cores=cpu / wall,
+    )
 
 
 def run_decode_encode(clip: Path, work: Path, cfg: Config) -> dict:
     out = work / ("dec_enc" + clip.suffix)
     vcfg = cfg.video
     vcfg.detect_max_side = 32  # the null detector gets a tiny image; no model runs
-    fmt = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "mkv", ".webm": "webm", ".avi": "avi"}
+    fmt = {
+        ".mp4": "mp4",
+        ".m4v": "mp4",
+        ".mov": "mov",
+        ".mkv": "mkv",
+        ".webm": "webm",
+        ".avi": "avi",
+    }
     t = time.perf_counter()
-    res = video.sanitize(str(clip), str(out), NullDetector(), params_from_config(cfg.redact), vcfg,
-                         container=fmt.get(clip.suffix.lower(), "mp4"))
+    res = video.sanitize(
+        str(clip),
+        str(out),
+        NullDetector(),
+        params_from_config(cfg.redact),
+        vcfg,
+        container=fmt.get(clip.suffix.lower(), "mp4"),
+    )
     return dict(wall=time.perf_counter() - t, frames=res.frames)
 
 
@@ -128,7 +159,9 @@ def run_deface(deface: str, clip: Path, work: Path, solid: bool) -> dict:
 
 
 def score(pan_tool: str, gt: Path, redacted: Path) -> dict[str, float]:
-    r = subprocess.run([sys.executable, pan_tool, "score", str(gt), str(redacted)], capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, pan_tool, "score", str(gt), str(redacted)], capture_output=True, text=True
+    )
     out = {}
     for line in r.stdout.splitlines():
         m = re.match(r"(\S+)\s+(\d+)/\s*(\d+) face-frames protected\s+([\d.]+)", line.strip())
@@ -138,12 +171,23 @@ def score(pan_tool: str, gt: Path, redacted: Path) -> dict[str, float]:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("clip", type=Path)
-    ap.add_argument("--deface", default=os.environ.get("DEFACE", ""), help="deface executable (or $DEFACE)")
-    ap.add_argument("--method", default="gaussian", help="redaction method for (a) (solid with --gt)")
-    ap.add_argument("--set", action="append", default=[], metavar="SECTION.OPTION=VALUE",
-                    help="config override for sanitizer, e.g. video.detect_every=2 (repeatable)")
+    ap.add_argument(
+        "--deface", default=os.environ.get("DEFACE", ""), help="deface executable (or $DEFACE)"
+    )
+    ap.add_argument(
+        "--method", default="gaussian", help="redaction method for (a) (solid with --gt)"
+    )
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.OPTION=VALUE",
+        help="config override for sanitizer, e.g. video.detect_every=2 (repeatable)",
+    )
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--gt", type=Path, help="pan_video.py ground truth: also score coverage")
     ap.add_argument("--pan-tool", default=str(REPO.parent / "shared" / "tools" / "pan_video.py"))
@@ -166,23 +210,41 @@ def main() -> int:
         (work / "b").mkdir()
         (work / "c").mkdir()
         s = run_sanitizer(clip, work / "a", ov, method, a.workers)
-        result.update(run_fps=frames / s["wall"], file_fps=frames / s["file_s"], peak_rss_mb=s["rss_mb"],
-                      cores_busy=s["cores"])
-        print(f"(a) sanitizer run : {s['wall']:6.1f} s  {frames / s['wall']:6.1f} fps whole run, "
-              f"{frames / s['file_s']:6.1f} fps per file (video.sanitize); peak RSS {s['rss_mb']:.0f} MB; "
-              f"{s['cores']:.2f} cores busy on average")
+        result.update(
+            run_fps=frames / s["wall"],
+            file_fps=frames / s["file_s"],
+            peak_rss_mb=s["rss_mb"],
+            cores_busy=s["cores"],
+        )
+        print(
+            f"(a) sanitizer run : {s['wall']:6.1f} s  {frames / s['wall']:6.1f} fps whole run, "
+            f"{frames / s['file_s']:6.1f} fps per file (video.sanitize); peak RSS {s['rss_mb']:.0f} MB; "
+            f"{s['cores']:.2f} cores busy on average"
+        )
         de = run_decode_encode(clip, work / "b", from_dict(ov, Config()))
         result.update(dec_enc_fps=frames / de["wall"])
-        print(f"(b) decode+encode : {de['wall']:6.1f} s  {frames / de['wall']:6.1f} fps "
-              f"(preset {cfg.video.preset}, crf {cfg.video.crf})")
-        print(f"    ratio run/(b) {s['wall'] and de['wall'] / s['wall']:.2f}, per-file/(b) {de['wall'] / s['file_s']:.2f}")
-        result.update(ratio_run_vs_dec_enc=de["wall"] / s["wall"], ratio_file_vs_dec_enc=de["wall"] / s["file_s"])
+        print(
+            f"(b) decode+encode : {de['wall']:6.1f} s  {frames / de['wall']:6.1f} fps "
+            f"(preset {cfg.video.preset}, crf {cfg.video.crf})"
+        )
+        print(
+            f"    ratio run/(b) {s['wall'] and de['wall'] / s['wall']:.2f}, per-file/(b) {de['wall'] / s['file_s']:.2f}"
+        )
+        result.update(
+            ratio_run_vs_dec_enc=de["wall"] / s["wall"],
+            ratio_file_vs_dec_enc=de["wall"] / s["file_s"],
+        )
         if a.deface:
             d = run_deface(a.deface, clip, work / "c", solid=bool(a.gt))
-            result.update(deface_fps=frames / d["wall"], speedup_run_vs_deface=d["wall"] / s["wall"],
-                          speedup_file_vs_deface=d["wall"] / s["file_s"])
+            result.update(
+                deface_fps=frames / d["wall"],
+                speedup_run_vs_deface=d["wall"] / s["wall"],
+                speedup_file_vs_deface=d["wall"] / s["file_s"],
+            )
             print(f"(c) deface        : {d['wall']:6.1f} s  {frames / d['wall']:6.1f} fps")
-            print(f"    speed-up vs deface: {d['wall'] / s['wall']:.2f}x whole run, {d['wall'] / s['file_s']:.2f}x per file")
+            print(
+                f"    speed-up vs deface: {d['wall'] / s['wall']:.2f}x whole run, {d['wall'] / s['file_s']:.2f}x per file"
+            )
         else:
             print("(c) deface        : skipped (no --deface / $DEFACE)")
         if a.gt:

@@ -58,7 +58,9 @@ def thread_name(tid: str, python_names: dict[str, str]) -> str:
         return "?"
 
 
-def profile_once(clip: str, out: str, det, params, vcfg) -> tuple[float, float, int, dict[str, float]]:
+def profile_once(
+    clip: str, out: str, det, params, vcfg
+) -> tuple[float, float, int, dict[str, float]]:
     """One run; the stages' threads end with it, so they are sampled while it runs."""
     seen: dict[str, tuple[str, float]] = {}
     done = threading.Event()
@@ -86,7 +88,9 @@ def profile_once(clip: str, out: str, det, params, vcfg) -> tuple[float, float, 
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("clip")
     ap.add_argument("--method", default=None)
     ap.add_argument("--set", action="append", default=[], metavar="SECTION.OPTION=VALUE")
@@ -107,10 +111,18 @@ def main() -> int:
         out = os.path.join(tmp, "out.mp4")
         for rep in range(a.reps):
             wall, cpu, n, by_name = profile_once(a.clip, out, det, params, cfg.video)
-            print(f"run {rep}: {wall:.2f} s, {n / wall:.1f} fps, CPU {cpu / n * 1000:.1f} ms/frame, "
-                  f"output {os.path.getsize(out) / 1e6:.2f} MB")
-            print("   ms/frame by thread:", "  ".join(
-                f"{k}={v / n * 1000:.1f}" for k, v in sorted(by_name.items(), key=lambda x: -x[1]) if v / n > 1e-5))
+            print(
+                f"run {rep}: {wall:.2f} s, {n / wall:.1f} fps, CPU {cpu / n * 1000:.1f} ms/frame, "
+                f"output {os.path.getsize(out) / 1e6:.2f} MB"
+            )
+            print(
+                "   ms/frame by thread:",
+                "  ".join(
+                    f"{k}={v / n * 1000:.1f}"
+                    for k, v in sorted(by_name.items(), key=lambda x: -x[1])
+                    if v / n > 1e-5
+                ),
+            )
     return 0
 
 

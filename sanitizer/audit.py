@@ -40,7 +40,9 @@ def table_key(table: str, part: str) -> str:
     return f"{AUDIT_DIR}/{table}/{part}.parquet"
 
 
-def write_part(dst: storage.Location, table: str, part: str, rows: list[dict[str, Any]] | pa.Table) -> str:
+def write_part(
+    dst: storage.Location, table: str, part: str, rows: list[dict[str, Any]] | pa.Table
+) -> str:
     """Write one part file (atomically) and return its URI."""
     schema = SCHEMAS[table]
     tbl = rows if isinstance(rows, pa.Table) else to_table(rows, schema)

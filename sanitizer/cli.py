@@ -46,7 +46,12 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _main(
-    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")] = False,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
 ) -> None:
     """sanitizer: face redaction for datasets."""
 
@@ -59,9 +64,13 @@ def _fail(exc: BaseException, code: int = EXIT_USAGE) -> typer.Exit:
 def _overrides(**opts: Any) -> dict[str, dict[str, Any]]:
     """CLI options → config overrides ({"section": {"name": value}}), None = not given."""
     where = {
-        "detector": ("detect", "detector"), "threshold": ("detect", "threshold"),
-        "method": ("redact", "method"), "shape": ("redact", "shape"), "margin": ("redact", "margin"),
-        "workers": ("execution", "workers"), "scheduler": ("execution", "scheduler"),
+        "detector": ("detect", "detector"),
+        "threshold": ("detect", "threshold"),
+        "method": ("redact", "method"),
+        "shape": ("redact", "shape"),
+        "margin": ("redact", "margin"),
+        "workers": ("execution", "workers"),
+        "scheduler": ("execution", "scheduler"),
         "skip_unchanged": ("execution", "skip_unchanged"),
     }
     res: dict[str, dict[str, Any]] = {}
@@ -78,21 +87,66 @@ def load_config(config: Path | None, **opts: Any):
     return load(config, _overrides(**opts))
 
 
-ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML config file (see configs/default.yaml); CLI options override it.")]
-DetectorOpt = Annotated[str | None, typer.Option("--detector", help="Face detector: centerface (DNN, default) or haar (classic OpenCV cascade).")]
-MethodOpt = Annotated[str | None, typer.Option("--method", help="Redaction: gaussian (default), pixelate or solid.")]
-ShapeOpt = Annotated[str | None, typer.Option("--shape", help="Mask shape: box (default) or ellipse.")]
-ThresholdOpt = Annotated[float | None, typer.Option("--threshold", help="Detection score threshold at native scale (default 0.2, chosen for recall).")]
-MarginOpt = Annotated[float | None, typer.Option("--margin", help="Mask size as a multiple of the face box (default 1.5).")]
-WorkersOpt = Annotated[int | None, typer.Option("--workers", help="Worker processes of the embedded Dask cluster (default: one per core; never more than the run has tasks).")]
-SchedulerOpt = Annotated[str | None, typer.Option("--scheduler", help="Address of an existing Dask scheduler, e.g. tcp://host:8786 (default: embedded LocalCluster).")]
+ConfigOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--config",
+        "-c",
+        help="YAML config file (see configs/default.yaml); CLI options override it.",
+    ),
+]
+DetectorOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--detector",
+        help="Face detector: centerface (DNN, default) or haar (classic OpenCV cascade).",
+    ),
+]
+MethodOpt = Annotated[
+    str | None, typer.Option("--method", help="Redaction: gaussian (default), pixelate or solid.")
+]
+ShapeOpt = Annotated[
+    str | None, typer.Option("--shape", help="Mask shape: box (default) or ellipse.")
+]
+ThresholdOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--threshold",
+        help="Detection score threshold at native scale (default 0.2, chosen for recall).",
+    ),
+]
+MarginOpt = Annotated[
+    float | None,
+    typer.Option("--margin", help="Mask size as a multiple of the face box (default 1.5)."),
+]
+WorkersOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--workers",
+        help="Worker processes of the embedded Dask cluster (default: one per core; never more than the run has tasks).",
+    ),
+]
+SchedulerOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--scheduler",
+        help="Address of an existing Dask scheduler, e.g. tcp://host:8786 (default: embedded LocalCluster).",
+    ),
+]
 
 
 def _progress() -> Progress:
     return Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TextColumn("files"), TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
-        console=err, transient=False, disable=not err.is_terminal,
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("files"),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+        console=err,
+        transient=False,
+        disable=not err.is_terminal,
     )
 
 
@@ -103,14 +157,18 @@ def _count(n: int, noun: str) -> str:
 def _print_plan(plan) -> None:
     counts = plan.counts()
     size = sum(i.size for i in plan.items)
-    out.print(f"run {plan.run_id}: {len(plan.items)} files under {plan.src.url} "
-              f"({counts['image']} images, {counts['video']} videos, {counts['other']} other; {size / 1e6:.1f} MB)")
+    out.print(
+        f"run {plan.run_id}: {len(plan.items)} files under {plan.src.url} "
+        f"({counts['image']} images, {counts['video']} videos, {counts['other']} other; {size / 1e6:.1f} MB)"
+    )
     where = plan.scheduler or f"an embedded Dask LocalCluster of {_count(plan.workers, 'worker')}"
     out.print(f"  {_count(len(plan.shards), 'task')} on {where}")
     out.print(f"  outputs → {plan.dst.url}   audit → {plan.dst.uri('_audit')}")
     if plan.previous:
-        out.print(f"  {len(plan.previous)} files were published by earlier runs with this config; "
-                  "unchanged ones are skipped (--force to redo)")
+        out.print(
+            f"  {len(plan.previous)} files were published by earlier runs with this config; "
+            "unchanged ones are skipped (--force to redo)"
+        )
 
 
 def run_job(src: str, dst: str, cfg, dry_run: bool = False) -> int:
@@ -138,7 +196,9 @@ def _run_job(plan, cfg, dry_run: bool, local) -> int:
 
     _print_plan(plan)
     if dry_run:
-        table = Table("key", "kind", "format", "bytes", title="manifest (dry run: nothing processed)")
+        table = Table(
+            "key", "kind", "format", "bytes", title="manifest (dry run: nothing processed)"
+        )
         for item in plan.items[:50]:
             table.add_row(item.key, item.kind, item.format, str(item.size))
         out.print(table)
@@ -155,15 +215,22 @@ def _run_job(plan, cfg, dry_run: bool, local) -> int:
             where = "embedded LocalCluster" if data["embedded"] else data["address"]
             err.print(f"  dask: {_count(data['workers'], 'worker')} ({where})", highlight=False)
         elif name == "model_prepare":
-            err.print("  model: deriving the int8 CenterFace network (once per machine, ~7 s)", highlight=False)
+            err.print(
+                "  model: deriving the int8 CenterFace network (once per machine, ~7 s)",
+                highlight=False,
+            )
         elif name == "progress":
             progress.update(task, completed=data["done"])
-            if not err.is_terminal and time.monotonic() - last_log[0] > 30:  # logs of scheduled jobs
+            if (
+                not err.is_terminal and time.monotonic() - last_log[0] > 30
+            ):  # logs of scheduled jobs
                 last_log[0] = time.monotonic()
                 err.print(f"  progress: {data['done']}/{data['total']} files", highlight=False)
             for r in data["results"]:
                 if r["status"] == "failed" and not err.is_terminal:
-                    err.print(f"  failed: {r['key']}: {r['error']}", highlight=False, soft_wrap=True)
+                    err.print(
+                        f"  failed: {r['key']}: {r['error']}", highlight=False, soft_wrap=True
+                    )
 
     with progress:
         summary = job.run(plan, cfg, on_event, local)
@@ -182,8 +249,18 @@ def _run_job(plan, cfg, dry_run: bool, local) -> int:
 
 @app.command()
 def run(
-    src: Annotated[str, typer.Argument(help="Folder or fsspec URL (s3://bucket/prefix, memory://…) of the originals. Never modified.")],
-    dst: Annotated[str, typer.Argument(help="Folder or URL for redacted outputs (same relative keys) and the audit under _audit/. Must not overlap SRC.")],
+    src: Annotated[
+        str,
+        typer.Argument(
+            help="Folder or fsspec URL (s3://bucket/prefix, memory://…) of the originals. Never modified."
+        ),
+    ],
+    dst: Annotated[
+        str,
+        typer.Argument(
+            help="Folder or URL for redacted outputs (same relative keys) and the audit under _audit/. Must not overlap SRC."
+        ),
+    ],
     config: ConfigOpt = None,
     detector: DetectorOpt = None,
     method: MethodOpt = None,
@@ -192,22 +269,42 @@ def run(
     margin: MarginOpt = None,
     workers: WorkersOpt = None,
     scheduler: SchedulerOpt = None,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Build the manifest and print the plan; process nothing.")] = False,
-    force: Annotated[bool, typer.Option("--force", help="Reprocess files already published unchanged by an earlier run.")] = False,
+    dry_run: Annotated[
+        bool,
+        typer.Option("--dry-run", help="Build the manifest and print the plan; process nothing."),
+    ] = False,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force", help="Reprocess files already published unchanged by an earlier run."
+        ),
+    ] = False,
 ) -> None:
     """Redact every face in every image and video under SRC into DST, with a Parquet audit."""
     try:
-        cfg = load_config(config, detector=detector, method=method, shape=shape, threshold=threshold,
-                          margin=margin, workers=workers, scheduler=scheduler,
-                          skip_unchanged=False if force else None)
+        cfg = load_config(
+            config,
+            detector=detector,
+            method=method,
+            shape=shape,
+            threshold=threshold,
+            margin=margin,
+            workers=workers,
+            scheduler=scheduler,
+            skip_unchanged=False if force else None,
+        )
         code = run_job(src, dst, cfg, dry_run)
     except SanitizerError as exc:
         if _from_interrupt(exc):
-            err.print("interrupted: files finished so far are in the audit; nothing partial was published")
+            err.print(
+                "interrupted: files finished so far are in the audit; nothing partial was published"
+            )
             raise typer.Exit(130) from None
         raise _fail(exc) from None
     except KeyboardInterrupt:
-        err.print("interrupted: files finished so far are in the audit; nothing partial was published")
+        err.print(
+            "interrupted: files finished so far are in the audit; nothing partial was published"
+        )
         raise typer.Exit(130) from None
     raise typer.Exit(code)
 
@@ -215,7 +312,9 @@ def run(
 @app.command("manifest")
 def manifest_cmd(
     src: Annotated[str, typer.Argument(help="Folder or fsspec URL to list.")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="Parquet file to write.")] = Path("manifest.parquet"),
+    output: Annotated[Path, typer.Option("--output", "-o", help="Parquet file to write.")] = Path(
+        "manifest.parquet"
+    ),
     config: ConfigOpt = None,
 ) -> None:
     """List SRC (kind sniffed from content, size, sha256) into a Parquet manifest."""
@@ -236,12 +335,16 @@ def manifest_cmd(
     kinds: dict[str, int] = {}
     for i in items:
         kinds[i.kind] = kinds.get(i.kind, 0) + 1
-    out.print(f"{len(items)} files ({', '.join(f'{v} {k}' for k, v in sorted(kinds.items()))}) → {output}")
+    out.print(
+        f"{len(items)} files ({', '.join(f'{v} {k}' for k, v in sorted(kinds.items()))}) → {output}"
+    )
 
 
 @app.command()
 def demo(
-    folder: Annotated[Path, typer.Argument(help="Where to write the sample input and the outputs.")] = Path("sanitizer-demo"),
+    folder: Annotated[
+        Path, typer.Argument(help="Where to write the sample input and the outputs.")
+    ] = Path("sanitizer-demo"),
     workers: WorkersOpt = None,
     method: MethodOpt = None,
 ) -> None:
@@ -263,8 +366,12 @@ def demo(
 @app.command()
 def audit(
     dst: Annotated[str, typer.Argument(help="A DST folder/URL written by `sanitizer run`.")],
-    run_id: Annotated[str | None, typer.Option("--run", help="Run id (default: the latest run).")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the run record and counts as JSON.")] = False,
+    run_id: Annotated[
+        str | None, typer.Option("--run", help="Run id (default: the latest run).")
+    ] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the run record and counts as JSON.")
+    ] = False,
     config: ConfigOpt = None,
 ) -> None:
     """Summarise the audit of a DST: the run record, counts by status, failures."""
@@ -289,8 +396,17 @@ def audit(
         out.print_json(json.dumps({"run": rec, "files_by_status": by_status}))
         return
     out.print(f"run {rid}  ({rec['status']}, {rec['started']} → {rec['finished']})")
-    for k in ("source", "destination", "detector", "model_sha256", "config_fingerprint", "controller",
-              "purpose", "legal_basis", "retention"):
+    for k in (
+        "source",
+        "destination",
+        "detector",
+        "model_sha256",
+        "config_fingerprint",
+        "controller",
+        "purpose",
+        "legal_basis",
+        "retention",
+    ):
         out.print(f"  {k:18s} {rec[k]}", highlight=False)
     out.print(f"  files: {by_status}; faces: {int(files['n_faces'].sum())}")
     failed = files[files["status"] == "failed"]
@@ -304,31 +420,74 @@ def _faces(bucket: str) -> str:
 
 @app.command("eval")
 def eval_cmd(
-    gt: Annotated[Path, typer.Argument(help="Ground truth: faces_dev.json-style JSON, or a WIDER FACE *_bbx_gt.txt file.")],
-    images_root: Annotated[str, typer.Argument(help="Folder (or URL) the ground-truth file paths are relative to.")],
+    gt: Annotated[
+        Path,
+        typer.Argument(
+            help="Ground truth: faces_dev.json-style JSON, or a WIDER FACE *_bbx_gt.txt file."
+        ),
+    ],
+    images_root: Annotated[
+        str, typer.Argument(help="Folder (or URL) the ground-truth file paths are relative to.")
+    ],
     config: ConfigOpt = None,
     detector: DetectorOpt = None,
     threshold: ThresholdOpt = None,
     method: MethodOpt = None,
     shape: ShapeOpt = None,
     margin: MarginOpt = None,
-    target_recall: Annotated[float | None, typer.Option("--target-recall", help="Also find the threshold whose redaction coverage reaches this share (e.g. 0.99) on the set, and report precision there.")] = None,
-    target_bucket: Annotated[str, typer.Option("--target-bucket", help="Faces the --target-recall applies to: <16, 16-32, 32-64, >=64, >=16 or all.")] = ">=16",
-    limit: Annotated[int | None, typer.Option("--limit", help="Evaluate only the first N images of the ground truth.")] = None,
-    output: Annotated[Path | None, typer.Option("--out", "-o", help="Write the report: .json (everything, with per-face rows) or .parquet (the per-size table).")] = None,
+    target_recall: Annotated[
+        float | None,
+        typer.Option(
+            "--target-recall",
+            help="Also find the threshold whose redaction coverage reaches this share (e.g. 0.99) on the set, and report precision there.",
+        ),
+    ] = None,
+    target_bucket: Annotated[
+        str,
+        typer.Option(
+            "--target-bucket",
+            help="Faces the --target-recall applies to: <16, 16-32, 32-64, >=64, >=16 or all.",
+        ),
+    ] = ">=16",
+    limit: Annotated[
+        int | None,
+        typer.Option("--limit", help="Evaluate only the first N images of the ground truth."),
+    ] = None,
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            "-o",
+            help="Write the report: .json (everything, with per-face rows) or .parquet (the per-size table).",
+        ),
+    ] = None,
 ) -> None:
     """Measure detection recall/precision and redaction coverage on a labelled photo set."""
     from sanitizer import evaluate as ev
 
     try:
-        cfg = load_config(config, detector=detector, threshold=threshold, method=method, shape=shape, margin=margin)
+        cfg = load_config(
+            config,
+            detector=detector,
+            threshold=threshold,
+            method=method,
+            shape=shape,
+            margin=margin,
+        )
         truth = ev.load_ground_truth(gt)
         progress = _progress()
         n_items = min(len(truth), limit) if limit else len(truth)
         task = progress.add_task("evaluating", total=n_items)
         with progress:
-            report = ev.evaluate(truth, images_root, cfg, target_recall=target_recall, target_bucket=target_bucket,
-                                 limit=limit, on_image=lambda done, total: progress.update(task, completed=done))
+            report = ev.evaluate(
+                truth,
+                images_root,
+                cfg,
+                target_recall=target_recall,
+                target_bucket=target_bucket,
+                limit=limit,
+                on_image=lambda done, total: progress.update(task, completed=done),
+            )
         if output is not None:
             ev.write_report(report, str(output))
     except SanitizerError as exc:
@@ -336,16 +495,30 @@ def eval_cmd(
     except OSError as exc:
         raise _fail(f"cannot write {output}: {exc}") from None
     d = cfg.detect
-    title = (f"{d.detector} threshold {d.threshold:g}" + (f", upscale {d.upscale:g}x@{d.upscale_threshold:g}" if d.detector == "centerface" and d.upscale > 1 else "")
-             + (", flip" if d.detector == "centerface" and d.hflip else "") + f"; mask {cfg.redact.shape} x{cfg.redact.margin:g}")
+    title = (
+        f"{d.detector} threshold {d.threshold:g}"
+        + (
+            f", upscale {d.upscale:g}x@{d.upscale_threshold:g}"
+            if d.detector == "centerface" and d.upscale > 1
+            else ""
+        )
+        + (", flip" if d.detector == "centerface" and d.hflip else "")
+        + f"; mask {cfg.redact.shape} x{cfg.redact.margin:g}"
+    )
     table = Table(*ev.TABLE_HEADER, title=f"{report.n_images} images ({title})")
     for row in ev.report_table(report):
         table.add_row(*row)
     out.print(table)
     neg = report.negatives_masked_share
-    out.print(f"coverage = faces with >= {int(ev.PROTECTED_AT * 100)}% of their inscribed ellipse under the redaction mask")
-    out.print(f"face-free images: {report.n_negative}, masked share {'-' if neg is None else f'{100 * neg:.3f}%'}")
-    out.print(f"speed: {report.images_per_s:.2f} images/s (decode + detect + mask, one process, {d.threads} thread(s))")
+    out.print(
+        f"coverage = faces with >= {int(ev.PROTECTED_AT * 100)}% of their inscribed ellipse under the redaction mask"
+    )
+    out.print(
+        f"face-free images: {report.n_negative}, masked share {'-' if neg is None else f'{100 * neg:.3f}%'}"
+    )
+    out.print(
+        f"speed: {report.images_per_s:.2f} images/s (decode + detect + mask, one process, {d.threads} thread(s))"
+    )
     for key, reason in report.failed:
         err.print(f"  failed: {key}: {reason}", highlight=False, soft_wrap=True)
     cal = report.calibration
@@ -356,13 +529,19 @@ def eval_cmd(
             at = cal["at"]
             prec = at["precision@0.5"]
             neg_at = at["negatives_masked_share"]
-            out.print(f"calibration: coverage {100 * at['coverage']:.1f}% >= target {100 * cal['target']:g}% of {_faces(cal['bucket'])} "
-                      f"at threshold {at['threshold']:g} (upscaled passes {at['upscale_threshold']:g}, thresholds shifted by {at['delta']:+.2f}); "
-                      f"precision@0.5 {'-' if prec is None else f'{100 * prec:.1f}%'}, face-free masked "
-                      f"{'-' if neg_at is None else f'{100 * neg_at:.3f}%'}", highlight=False)
+            out.print(
+                f"calibration: coverage {100 * at['coverage']:.1f}% >= target {100 * cal['target']:g}% of {_faces(cal['bucket'])} "
+                f"at threshold {at['threshold']:g} (upscaled passes {at['upscale_threshold']:g}, thresholds shifted by {at['delta']:+.2f}); "
+                f"precision@0.5 {'-' if prec is None else f'{100 * prec:.1f}%'}, face-free masked "
+                f"{'-' if neg_at is None else f'{100 * neg_at:.3f}%'}",
+                highlight=False,
+            )
         else:
-            out.print(f"calibration: target {100 * cal['target']:g}% of {_faces(cal['bucket'])} not reached at any threshold down to "
-                      f"{cfg.detect.threshold - ev.SLACK:.2f} (best {100 * cal['best_coverage']:.1f}%)", highlight=False)
+            out.print(
+                f"calibration: target {100 * cal['target']:g}% of {_faces(cal['bucket'])} not reached at any threshold down to "
+                f"{cfg.detect.threshold - ev.SLACK:.2f} (best {100 * cal['best_coverage']:.1f}%)",
+                highlight=False,
+            )
     if output is not None:
         out.print(f"report: {output}")
     if report.failed:
@@ -374,10 +553,27 @@ def verify_cmd(
     dst: Annotated[str, typer.Argument(help="A DST folder/URL written by `sanitizer run`.")],
     config: ConfigOpt = None,
     detector: DetectorOpt = None,
-    threshold: Annotated[float | None, typer.Option("--threshold", help="Native-pass threshold of the re-scan (default: the run's minus 0.05); the other passes move by the same amount.")] = None,
-    max_residual: Annotated[int, typer.Option("--max-residual", help="Exit 1 when more residual faces than this are found.")] = 0,
-    fail_score: Annotated[float, typer.Option("--fail-score", help="Residual detections scoring at least this count as faces left (weaker ones are listed as suspects).")] = 0.6,
-    video_frames: Annotated[int, typer.Option("--video-frames", help="Frames sampled per video.")] = 16,
+    threshold: Annotated[
+        float | None,
+        typer.Option(
+            "--threshold",
+            help="Native-pass threshold of the re-scan (default: the run's minus 0.05); the other passes move by the same amount.",
+        ),
+    ] = None,
+    max_residual: Annotated[
+        int,
+        typer.Option("--max-residual", help="Exit 1 when more residual faces than this are found."),
+    ] = 0,
+    fail_score: Annotated[
+        float,
+        typer.Option(
+            "--fail-score",
+            help="Residual detections scoring at least this count as faces left (weaker ones are listed as suspects).",
+        ),
+    ] = 0.6,
+    video_frames: Annotated[
+        int, typer.Option("--video-frames", help="Frames sampled per video.")
+    ] = 16,
 ) -> None:
     """Re-scan published outputs for faces left unredacted; write DST/_audit/verify; exit 1 above the limit."""
     from sanitizer.verify import verify
@@ -387,18 +583,33 @@ def verify_cmd(
         progress = _progress()
         task = progress.add_task("verifying", total=None)
         with progress:
-            rep = verify(dst, cfg, threshold=threshold, video_frames=video_frames, fail_score=fail_score,
-                         on_file=lambda done, total: progress.update(task, completed=done, total=total))
+            rep = verify(
+                dst,
+                cfg,
+                threshold=threshold,
+                video_frames=video_frames,
+                fail_score=fail_score,
+                on_file=lambda done, total: progress.update(task, completed=done, total=total),
+            )
     except SanitizerError as exc:
         raise _fail(exc) from None
-    out.print(f"verify {rep.verify_id}: {rep.n_files} files ({rep.n_frames} frames) re-scanned at threshold "
-              f"{rep.threshold:g} (the run detected at {rep.run_threshold:g}) in {rep.seconds:.1f}s", highlight=False)
-    out.print(f"  residual detections outside redacted areas: {rep.n_residual} "
-              f"({rep.n_residual_confident} scoring >= {rep.fail_score:g}: faces left; the rest are suspects in the table)")
-    out.print(f"  redacted faces found again: {rep.n_redacted_redetected} "
-              f"({rep.n_redacted_at_run_threshold} at or above the detection threshold); mask-edge artefacts: {rep.n_mask_edge}")
+    out.print(
+        f"verify {rep.verify_id}: {rep.n_files} files ({rep.n_frames} frames) re-scanned at threshold "
+        f"{rep.threshold:g} (the run detected at {rep.run_threshold:g}) in {rep.seconds:.1f}s",
+        highlight=False,
+    )
+    out.print(
+        f"  residual detections outside redacted areas: {rep.n_residual} "
+        f"({rep.n_residual_confident} scoring >= {rep.fail_score:g}: faces left; the rest are suspects in the table)"
+    )
+    out.print(
+        f"  redacted faces found again: {rep.n_redacted_redetected} "
+        f"({rep.n_redacted_at_run_threshold} at or above the detection threshold); mask-edge artefacts: {rep.n_mask_edge}"
+    )
     for key in rep.modified:
-        out.print(f"  modified after the run (sha256 differs from the audit): {key}", highlight=False)
+        out.print(
+            f"  modified after the run (sha256 differs from the audit): {key}", highlight=False
+        )
     for key in rep.files_with_residuals[:20]:
         out.print(f"  residual: {key}", highlight=False)
     if len(rep.files_with_residuals) > 20:
@@ -407,8 +618,11 @@ def verify_cmd(
         err.print(f"  error: {key}: {reason}", highlight=False, soft_wrap=True)
     out.print(f"audit: {rep.audit_uri}/verify")
     if rep.residual_faces > max_residual or rep.errors:
-        err.print(f"[bold red]verify failed:[/] {rep.residual_faces} residual face(s) (limit {max_residual})"
-                  + (f", {len(rep.errors)} unreadable output(s)" if rep.errors else ""), highlight=False)
+        err.print(
+            f"[bold red]verify failed:[/] {rep.residual_faces} residual face(s) (limit {max_residual})"
+            + (f", {len(rep.errors)} unreadable output(s)" if rep.errors else ""),
+            highlight=False,
+        )
         raise typer.Exit(EXIT_FAILED_FILES)
     out.print(f"verify passed: {rep.residual_faces} residual face(s) (limit {max_residual})")
 
@@ -426,8 +640,12 @@ def main() -> None:
             _exit(130)
         if os.environ.get("SANITIZER_DEBUG"):
             raise
-        err.print(f"[bold red]internal error:[/] {type(exc).__name__}: {' '.join(str(exc).split())[:300]} "
-                  "(set SANITIZER_DEBUG=1 to see the traceback)", highlight=False, soft_wrap=True)
+        err.print(
+            f"[bold red]internal error:[/] {type(exc).__name__}: {' '.join(str(exc).split())[:300]} "
+            "(set SANITIZER_DEBUG=1 to see the traceback)",
+            highlight=False,
+            soft_wrap=True,
+        )
         _exit(3)
     _exit(0)
 

@@ -41,7 +41,9 @@ class DetectConfig:
     upscale: float = 1.5  # 0 or 1 = no upscaled pass
     upscale_below: int = 1100  # long side (px) under which the upscaled pass runs
     upscale_threshold: float = 0.25  # upscaled passes produce more false positives
-    upscale_max_face: float = 96  # px (original image); bigger boxes of the upscaled pass are dropped
+    upscale_max_face: float = (
+        96  # px (original image); bigger boxes of the upscaled pass are dropped
+    )
     # Run the upscaled pass only when the native pass shows a face-like response scoring
     # >= `upscale_hint` under `upscale_max_face` px (no small faces → no upscaling); 0 = always.
     upscale_hint: float = 0.03
@@ -122,7 +124,9 @@ class VideoConfig:
 class OutputConfig:
     jpeg_quality: int = 92
     webp_quality: int = 90
-    png_compress_level: int = 3  # zlib level of PNG outputs (0-9): 3 is ~2.5x faster than 6, ~3% bigger
+    png_compress_level: int = (
+        3  # zlib level of PNG outputs (0-9): 3 is ~2.5x faster than 6, ~3% bigger
+    )
     storage_options: dict[str, Any] = field(default_factory=dict)  # passed to fsspec for DST
 
 
@@ -153,7 +157,9 @@ class RecordConfig:
     recipients: str = ""
     retention: str = "Originals deleted after sanitisation; redacted outputs kept"
     transfers: str = "none"
-    security_measures: str = "Irreversible face redaction; metadata stripped; fail-closed publishing"
+    security_measures: str = (
+        "Irreversible face redaction; metadata stripped; fail-closed publishing"
+    )
 
 
 @dataclass(slots=True)
@@ -194,7 +200,8 @@ _SECRET_WORDS = ("key", "secret", "token", "password", "credential", "sas")
 def _mask_secrets(value: Any) -> Any:
     if isinstance(value, dict):
         return {
-            k: "***" if any(w in str(k).lower() for w in _SECRET_WORDS) and not isinstance(v, dict)
+            k: "***"
+            if any(w in str(k).lower() for w in _SECRET_WORDS) and not isinstance(v, dict)
             else _mask_secrets(v)
             for k, v in value.items()
         }
@@ -287,20 +294,30 @@ def load(path: str | Path | None = None, overrides: dict[str, Any] | None = None
 def validate(cfg: Config) -> None:
     d, r, v = cfg.detect, cfg.redact, cfg.video
     if r.method not in REDACT_METHODS:
-        raise ConfigError(f"unknown redaction method {r.method!r} (known: {', '.join(REDACT_METHODS)})")
+        raise ConfigError(
+            f"unknown redaction method {r.method!r} (known: {', '.join(REDACT_METHODS)})"
+        )
     if r.shape not in REDACT_SHAPES:
         raise ConfigError(f"unknown mask shape {r.shape!r} (known: {', '.join(REDACT_SHAPES)})")
     if d.precision not in PRECISIONS:
-        raise ConfigError(f"unknown detect.precision {d.precision!r} (known: {', '.join(PRECISIONS)})")
+        raise ConfigError(
+            f"unknown detect.precision {d.precision!r} (known: {', '.join(PRECISIONS)})"
+        )
     if not 0.0 < d.threshold < 1.0:
         raise ConfigError(f"detect.threshold must be between 0 and 1, got {d.threshold}")
     if r.margin < 1.0:
-        raise ConfigError(f"redact.margin must be >= 1.0 (a mask never smaller than the face), got {r.margin}")
+        raise ConfigError(
+            f"redact.margin must be >= 1.0 (a mask never smaller than the face), got {r.margin}"
+        )
     if not 1 <= r.blocks <= 8:
-        raise ConfigError(f"redact.blocks must be 1..8 (more blocks leave a face recognisable), got {r.blocks}")
+        raise ConfigError(
+            f"redact.blocks must be 1..8 (more blocks leave a face recognisable), got {r.blocks}"
+        )
     if v.detect_every < 1:
         raise ConfigError("video.detect_every must be >= 1")
     if not 0 <= v.redacted_qoffset <= 1:
-        raise ConfigError(f"video.redacted_qoffset must be 0..1 (a fraction of the QP range), got {v.redacted_qoffset}")
+        raise ConfigError(
+            f"video.redacted_qoffset must be 0..1 (a fraction of the QP range), got {v.redacted_qoffset}"
+        )
     if cfg.execution.workers < 0:
         raise ConfigError("execution.workers must be >= 0")

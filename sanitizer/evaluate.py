@@ -33,7 +33,10 @@ from sanitizer.errors import ConfigError, SanitizerError
 from sanitizer.records import Detections
 
 BUCKETS: list[tuple[float, float, str]] = [
-    (0, 16, "<16"), (16, 32, "16-32"), (32, 64, "32-64"), (64, math.inf, ">=64"),
+    (0, 16, "<16"),
+    (16, 32, "16-32"),
+    (32, 64, "32-64"),
+    (64, math.inf, ">=64"),
 ]
 ROWS = ["<16", "16-32", "32-64", ">=64", ">=16", "all"]
 PROTECTED_AT = 0.7
@@ -73,7 +76,9 @@ def parse_json_gt(text: str, where: str = "ground truth") -> list[GTImage]:
             boxes = np.asarray(im.get("boxes") or [], np.float64).reshape(-1, 4)
             out.append(GTImage(str(im["file"]).replace("\\", "/"), boxes, str(im.get("set", ""))))
     except (ValueError, KeyError, TypeError) as exc:
-        raise ConfigError(f"{where}: not a faces_dev.json-style file ({type(exc).__name__}: {exc})") from None
+        raise ConfigError(
+            f"{where}: not a faces_dev.json-style file ({type(exc).__name__}: {exc})"
+        ) from None
     return out
 
 
@@ -104,10 +109,17 @@ def parse_wider_gt(text: str, where: str = "ground truth") -> list[GTImage]:
                 if vals[2] > 0 and vals[3] > 0 and not invalid:
                     boxes.append(vals[:4])
             i += max(n, 1)
-            out.append(GTImage(name.replace("\\", "/"), np.asarray(boxes, np.float64).reshape(-1, 4),
-                               name.split("/")[0] if "/" in name else ""))
+            out.append(
+                GTImage(
+                    name.replace("\\", "/"),
+                    np.asarray(boxes, np.float64).reshape(-1, 4),
+                    name.split("/")[0] if "/" in name else "",
+                )
+            )
     except (ValueError, IndexError) as exc:
-        raise ConfigError(f"{where}: not a WIDER FACE bbx_gt file near line {i + 1} ({exc})") from None
+        raise ConfigError(
+            f"{where}: not a WIDER FACE bbx_gt file near line {i + 1} ({exc})"
+        ) from None
     if not out:
         raise ConfigError(f"{where}: no images in ground truth")
     return out
@@ -126,7 +138,9 @@ def ellipse_mask(box_xywh: Iterable[float], height: int, width: int) -> np.ndarr
     return m
 
 
-def _ellipse_local(box_xywh: Iterable[float], height: int, width: int) -> tuple[tuple[slice, slice], np.ndarray]:
+def _ellipse_local(
+    box_xywh: Iterable[float], height: int, width: int
+) -> tuple[tuple[slice, slice], np.ndarray]:
     """The inscribed ellipse drawn in a small window around it: (window slices, bool mask)."""
     x, y, w, h = box_xywh
     cx, cy = int(round(x + w / 2)), int(round(y + h / 2))
@@ -140,7 +154,9 @@ def _ellipse_local(box_xywh: Iterable[float], height: int, width: int) -> tuple[
     return (slice(y0, y1), slice(x0, x1)), m.astype(bool)
 
 
-def face_coverage(mask: np.ndarray, gt_boxes: np.ndarray, bright: np.ndarray | None = None) -> np.ndarray:
+def face_coverage(
+    mask: np.ndarray, gt_boxes: np.ndarray, bright: np.ndarray | None = None
+) -> np.ndarray:
     """Share of each GT face's inscribed ellipse covered by `mask` (HxW bool).
 
     With `bright` (HxW bool, original max channel > 40), only the ellipse's bright pixels
@@ -160,7 +176,9 @@ def face_coverage(mask: np.ndarray, gt_boxes: np.ndarray, bright: np.ndarray | N
     return out
 
 
-def match(gt_xyxy: np.ndarray, det_xyxy: np.ndarray, scores: np.ndarray, iou: float) -> tuple[np.ndarray, np.ndarray]:
+def match(
+    gt_xyxy: np.ndarray, det_xyxy: np.ndarray, scores: np.ndarray, iou: float
+) -> tuple[np.ndarray, np.ndarray]:
     """Greedy matching by descending score → (gt matched flags, det matched gt index or -1)."""
     gt_hit = np.zeros(len(gt_xyxy), bool)
     det_gt = np.full(len(det_xyxy), -1, np.int64)
@@ -264,14 +282,20 @@ def _read_rgb(root: storage.Location, key: str) -> np.ndarray:
     return to_rgb8(decode(storage.read_bytes(root, key)).frames[0])
 
 
-def evaluate_image(gt: GTImage, bright: np.ndarray, dets: Detections, rcfg) -> tuple[ImageResult, list[FaceResult], np.ndarray]:
+def evaluate_image(
+    gt: GTImage, bright: np.ndarray, dets: Detections, rcfg
+) -> tuple[ImageResult, list[FaceResult], np.ndarray]:
     """Score one image's detections; `bright` is the original's (max channel > 40) map."""
     h, w = bright.shape
     mask = _redaction_mask(dets.boxes, h, w, rcfg)
     cov = face_coverage(mask, gt.boxes, bright)
     gxy = xywh_to_xyxy(gt.boxes)
     sides = np.sqrt(np.maximum(0, gt.boxes[:, 2] * gt.boxes[:, 3]))
-    det_sides = np.sqrt(np.maximum(0, np.prod(dets.boxes[:, 2:] - dets.boxes[:, :2], axis=1))) if len(dets) else np.zeros(0)
+    det_sides = (
+        np.sqrt(np.maximum(0, np.prod(dets.boxes[:, 2:] - dets.boxes[:, :2], axis=1)))
+        if len(dets)
+        else np.zeros(0)
+    )
     hits, det_b, det_tp = {}, {}, {}
     for iou in IOUS:
         g_hit, d_gt = match(gxy, dets.boxes, dets.scores, iou)
@@ -279,13 +303,34 @@ def evaluate_image(gt: GTImage, bright: np.ndarray, dets: Detections, rcfg) -> t
         det_b[iou] = [bucket_of(sides[g] if g >= 0 else det_sides[i]) for i, g in enumerate(d_gt)]
         det_tp[iou] = [bool(g >= 0) for g in d_gt]
     faces = [
-        FaceResult(gt.file, gt.set, i, float(sides[i]), bucket_of(sides[i]), float(cov[i]),
-                   bool(cov[i] >= PROTECTED_AT), bool(hits[0.5][i]), bool(hits[0.3][i]))
+        FaceResult(
+            gt.file,
+            gt.set,
+            i,
+            float(sides[i]),
+            bucket_of(sides[i]),
+            float(cov[i]),
+            bool(cov[i] >= PROTECTED_AT),
+            bool(hits[0.5][i]),
+            bool(hits[0.3][i]),
+        )
         for i in range(len(gt.boxes))
     ]
     res = ImageResult(
-        gt.file, gt.set, w, h, len(gt.boxes), len(dets), int(hits[0.5].sum()), int(hits[0.3].sum()),
-        det_b[0.5], det_tp[0.5], det_b[0.3], det_tp[0.3], float((mask & bright).mean()), 0.0,
+        gt.file,
+        gt.set,
+        w,
+        h,
+        len(gt.boxes),
+        len(dets),
+        int(hits[0.5].sum()),
+        int(hits[0.3].sum()),
+        det_b[0.5],
+        det_tp[0.5],
+        det_b[0.3],
+        det_tp[0.3],
+        float((mask & bright).mean()),
+        0.0,
     )
     return res, faces, cov
 
@@ -310,7 +355,9 @@ def summarize(images: list[ImageResult], faces: list[FaceResult]) -> list[dict[s
         for iou, key in ((0.5, "50"), (0.3, "30")):
             hit = sum(f.hit50 if key == "50" else f.hit30 for f in fs)
             row[f"recall@{iou}"] = hit / len(fs) if fs else None
-            buckets = [b for im in images for b in (im.det_buckets50 if key == "50" else im.det_buckets30)]
+            buckets = [
+                b for im in images for b in (im.det_buckets50 if key == "50" else im.det_buckets30)
+            ]
             tps = [t for im in images for t in (im.det_tp50 if key == "50" else im.det_tp30)]
             sel = [t for b, t in zip(buckets, tps, strict=True) if in_bucket(name, b)]
             row[f"detections@{iou}"] = len(sel)
@@ -387,8 +434,11 @@ def evaluate(
         if calib:
             report.calibration = calibrate_threshold(det, sweep, cfg, target_recall, target_bucket)
         else:
-            report.calibration = {"target": target_recall, "bucket": target_bucket,
-                                  "error": f"detector {det.name!r} has no scores to calibrate"}
+            report.calibration = {
+                "target": target_recall,
+                "bucket": target_bucket,
+                "error": f"detector {det.name!r} has no scores to calibrate",
+            }
     return report
 
 
@@ -434,8 +484,14 @@ def calibrate_threshold(det, sweep, cfg, target: float, bucket: str) -> dict[str
         curve.append(point)
         if c >= target:
             best = point
-    return {"target": target, "bucket": bucket, "reached": best is not None,
-            "best_coverage": max((p["coverage"] for p in curve), default=0.0), "at": best, "curve": curve}
+    return {
+        "target": target,
+        "bucket": bucket,
+        "reached": best is not None,
+        "best_coverage": max((p["coverage"] for p in curve), default=0.0),
+        "at": best,
+        "curve": curve,
+    }
 
 
 def report_table(report: EvalReport) -> list[list[str]]:
@@ -446,10 +502,18 @@ def report_table(report: EvalReport) -> list[list[str]]:
 
     out = []
     for r in report.rows:
-        out.append([
-            r["bucket"], str(r["faces"]), f"{r['protected']}", pct(r["coverage"]),
-            pct(r["recall@0.5"]), pct(r["precision@0.5"]), pct(r["recall@0.3"]), pct(r["precision@0.3"]),
-        ])
+        out.append(
+            [
+                r["bucket"],
+                str(r["faces"]),
+                f"{r['protected']}",
+                pct(r["coverage"]),
+                pct(r["recall@0.5"]),
+                pct(r["precision@0.5"]),
+                pct(r["recall@0.3"]),
+                pct(r["precision@0.3"]),
+            ]
+        )
     return out
 
 

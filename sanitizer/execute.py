@@ -57,15 +57,27 @@ def _detector(detect: dict[str, Any]):
         return _STATE["detector"]
 
 
-def _worker_context(run_id: str, cfg_dict: dict[str, Any], src_url: str, dst_url: str,
-                    previous: dict[str, str] | None = None):
+def _worker_context(
+    run_id: str,
+    cfg_dict: dict[str, Any],
+    src_url: str,
+    dst_url: str,
+    previous: dict[str, str] | None = None,
+):
     """Per-process cache: the detector and the storage locations are made once per process."""
     from sanitizer import storage
     from sanitizer.process import Context
 
     cfg = from_dict(cfg_dict)
     detector = _detector(cfg_dict["detect"])
-    loc_key = repr((src_url, dst_url, sorted(cfg.input.storage_options.items()), sorted(cfg.output.storage_options.items())))
+    loc_key = repr(
+        (
+            src_url,
+            dst_url,
+            sorted(cfg.input.storage_options.items()),
+            sorted(cfg.output.storage_options.items()),
+        )
+    )
     with _STATE_LOCK:
         if _STATE.get("loc_key") != loc_key:
             _STATE["src"] = storage.location(src_url, cfg.input.storage_options)
@@ -74,8 +86,14 @@ def _worker_context(run_id: str, cfg_dict: dict[str, Any], src_url: str, dst_url
         return Context.create(run_id, cfg, detector, _STATE["src"], _STATE["dst"], previous)
 
 
-def process_shard(items: list[MediaItem], run_id: str, cfg_dict: dict[str, Any], src_url: str, dst_url: str,
-                  previous: dict[str, str] | None = None) -> ShardResult:
+def process_shard(
+    items: list[MediaItem],
+    run_id: str,
+    cfg_dict: dict[str, Any],
+    src_url: str,
+    dst_url: str,
+    previous: dict[str, str] | None = None,
+) -> ShardResult:
     """Task function: process every item of a shard; never raises for a bad file."""
     from sanitizer.process import process_item
 
@@ -121,7 +139,9 @@ class _WorkerSetup(WorkerPlugin):
         self.quick_exit = quick_exit
 
     def setup(self, worker) -> None:
-        self._thread = threading.Thread(target=self._warm_up, name="sanitizer-model-warm-up", daemon=True)
+        self._thread = threading.Thread(
+            target=self._warm_up, name="sanitizer-model-warm-up", daemon=True
+        )
         self._thread.start()
         if self.quick_exit:
             atexit.register(_quick_exit)
@@ -161,7 +181,9 @@ class ClusterInfo:
     embedded: bool
 
 
-def shard(items: list[MediaItem], workers: int, shard_bytes: int, shard_files: int) -> list[list[MediaItem]]:
+def shard(
+    items: list[MediaItem], workers: int, shard_bytes: int, shard_files: int
+) -> list[list[MediaItem]]:
     """Group items into tasks: videos alone, images by bytes and count, at least ~4 tasks
     per worker so that the load evens out."""
     videos = [[i] for i in items if i.kind == "video"]
@@ -270,13 +292,20 @@ class LocalWorkers:
         with dask.config.set(_LOCAL_CONFIG):
             try:
                 self.cluster = LocalCluster(
-                    n_workers=0, threads_per_worker=ex.threads_per_worker, processes=True,
-                    dashboard_address=None, silence_logs=logging.CRITICAL,  # the CLI is the only printer
+                    n_workers=0,
+                    threads_per_worker=ex.threads_per_worker,
+                    processes=True,
+                    dashboard_address=None,
+                    silence_logs=logging.CRITICAL,  # the CLI is the only printer
                     # no dashboard; the scheduler's HTTP endpoint (health, metrics) on a free loopback
                     # port, not 8787: two jobs at once on one machine must not collide or warn
                     scheduler_kwargs={"dashboard": False, "dashboard_address": "127.0.0.1:0"},
                     memory_limit=ex.memory_limit,
-                    env={"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"},
+                    env={
+                        "OMP_NUM_THREADS": "1",
+                        "OPENBLAS_NUM_THREADS": "1",
+                        "MKL_NUM_THREADS": "1",
+                    },
                     # set up as each worker starts, before it registers: the model loads meanwhile
                     plugins=(_WorkerSetup(self.detect, quick_exit=True),),
                 )
@@ -318,8 +347,11 @@ class LocalWorkers:
                 self.cluster.scale(n)
                 deadline = time.monotonic() + _SPAWN_TIMEOUT
                 while time.monotonic() < deadline:
-                    new = [c for c in multiprocessing.active_children()
-                           if c not in before and "Dask Worker" in c.name]
+                    new = [
+                        c
+                        for c in multiprocessing.active_children()
+                        if c not in before and "Dask Worker" in c.name
+                    ]
                     if len(new) >= n - self.workers:
                         self._processes += new
                         break
@@ -338,9 +370,13 @@ class LocalWorkers:
             while not client.scheduler_info().get("workers"):
                 if self._processes and all(p.exitcode is not None for p in self._processes):
                     codes = ", ".join(str(p.exitcode) for p in self._processes)
-                    raise ClusterError(f"cannot start a local Dask cluster: worker processes exited ({codes})")
+                    raise ClusterError(
+                        f"cannot start a local Dask cluster: worker processes exited ({codes})"
+                    )
                 if time.monotonic() > deadline:
-                    raise ClusterError(f"cannot start a local Dask cluster: no worker up after {WORKER_START_TIMEOUT} s")
+                    raise ClusterError(
+                        f"cannot start a local Dask cluster: no worker up after {WORKER_START_TIMEOUT} s"
+                    )
                 time.sleep(0.02)
         except BaseException:
             client.close()
@@ -389,7 +425,9 @@ def client_for(cfg: Config, local: LocalWorkers | None) -> Iterator[tuple[Any, C
         return
 
     if local is None:
-        raise ValueError("client_for needs the embedded cluster (LocalWorkers) when no scheduler is set")
+        raise ValueError(
+            "client_for needs the embedded cluster (LocalWorkers) when no scheduler is set"
+        )
     try:
         client, info = local.connect()
         try:
@@ -411,7 +449,12 @@ def stop_remote_tasks(client: Any, run_id: str, timeout: float = 30.0) -> None:
         Event(_stop_event(run_id), client=client).set()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            busy = [k for keys in client.processing().values() for k in keys if str(k).startswith(prefix)]
+            busy = [
+                k
+                for keys in client.processing().values()
+                for k in keys
+                if str(k).startswith(prefix)
+            ]
             if not busy:
                 return
             time.sleep(0.2)
@@ -443,8 +486,16 @@ def map_shards(
         counter += 1
         prev = {i.key: previous[i.key] for i in items if previous and i.key in previous}
         fut = client.submit(
-            process_shard, items, run_id, cfg_dict, src_url, dst_url, prev,
-            key=f"sanitize-{run_id}-{counter:06d}", retries=retries, pure=False,
+            process_shard,
+            items,
+            run_id,
+            cfg_dict,
+            src_url,
+            dst_url,
+            prev,
+            key=f"sanitize-{run_id}-{counter:06d}",
+            retries=retries,
+            pure=False,
         )
         futures[fut] = items
         return fut

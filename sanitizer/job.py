@@ -75,9 +75,13 @@ def locations(src_url: str, dst_url: str, cfg: Config) -> tuple[storage.Location
     src = storage.location(src_url, cfg.input.storage_options)
     dst = storage.location(dst_url, cfg.output.storage_options)
     if storage.is_inside(dst, src):
-        raise StorageError(f"DST {dst_url} is SRC or inside it; choose a destination outside {src_url}")
+        raise StorageError(
+            f"DST {dst_url} is SRC or inside it; choose a destination outside {src_url}"
+        )
     if storage.is_inside(src, dst):
-        raise StorageError(f"SRC {src_url} is inside DST {dst_url}; outputs could overwrite originals")
+        raise StorageError(
+            f"SRC {src_url} is inside DST {dst_url}; outputs could overwrite originals"
+        )
     return src, dst
 
 
@@ -86,10 +90,16 @@ def plan(src_url: str, dst_url: str, cfg: Config, on_event: Event = _noop) -> Pl
 
     src, dst = locations(src_url, dst_url, cfg)
     on_event("listing", source=src.url)
-    items = manifest.build(src, include_hidden=cfg.input.include_hidden, with_hash=False, trust_extensions=True)
+    items = manifest.build(
+        src, include_hidden=cfg.input.include_hidden, with_hash=False, trust_extensions=True
+    )
     workers = cfg.execution.workers or os.cpu_count() or 1
-    shards = shard([i for i in items if i.kind != "other"], workers,
-                   cfg.execution.shard_bytes, cfg.execution.shard_files)
+    shards = shard(
+        [i for i in items if i.kind != "other"],
+        workers,
+        cfg.execution.shard_bytes,
+        cfg.execution.shard_files,
+    )
     if not cfg.execution.scheduler:
         # an embedded cluster spawns no worker that would get no task (a worker costs ~0.4 s
         # of CPU to start: on a one-video run that is CPU the video itself needs)
@@ -185,8 +195,15 @@ def _unpublish_unrecorded(p: Plan, recorded: set[str]) -> None:
                 storage.remove(p.dst, key)
 
 
-def _run(p: Plan, cfg: Config, on_event: Event, started: float, cluster, connected: Callable[[], Any],
-         close_cluster: Callable[[], None]) -> Summary:
+def _run(
+    p: Plan,
+    cfg: Config,
+    on_event: Event,
+    started: float,
+    cluster,
+    connected: Callable[[], Any],
+    close_cluster: Callable[[], None],
+) -> Summary:
     from sanitizer.detect import describe
     from sanitizer.execute import map_shards
     from sanitizer.process import Context, failure, process_item
@@ -248,7 +265,12 @@ def _run(p: Plan, cfg: Config, on_event: Event, started: float, cluster, connect
         raise
     finally:
         if status != "complete":
-            if cfg.execution.scheduler and cluster is not None and cluster.done() and not cluster.exception():
+            if (
+                cfg.execution.scheduler
+                and cluster is not None
+                and cluster.done()
+                and not cluster.exception()
+            ):
                 from sanitizer.execute import stop_remote_tasks
 
                 stop_remote_tasks(cluster.result()[0], p.run_id)  # an existing cluster outlives us
@@ -266,16 +288,33 @@ def _run(p: Plan, cfg: Config, on_event: Event, started: float, cluster, connect
 def _write_run(p: Plan, cfg: Config, detector, s: Summary, started: float, status: str) -> None:
     rec = cfg.record
     row = RunRecord(
-        run_id=p.run_id, tool_version=__version__, started=started, finished=time.time(),
-        source=p.src.url, destination=p.dst.url, config_json=cfg.to_json(),
-        config_fingerprint=cfg.fingerprint(), detector=detector.name,
-        model_sha256=detector.model_sha256, n_files=s.n_files, n_ok=s.n_ok,
-        n_failed=s.n_failed, n_skipped=s.n_skipped, n_faces=s.n_faces,
-        controller=rec.controller, dpo_contact=rec.dpo_contact, purpose=rec.purpose,
-        legal_basis=rec.legal_basis, data_categories=rec.data_categories,
-        data_subjects=rec.data_subjects, recipients=rec.recipients, retention=rec.retention,
-        transfers=rec.transfers, security_measures=rec.security_measures,
-        host=socket.gethostname(), scheduler=p.scheduler or "embedded LocalCluster",
+        run_id=p.run_id,
+        tool_version=__version__,
+        started=started,
+        finished=time.time(),
+        source=p.src.url,
+        destination=p.dst.url,
+        config_json=cfg.to_json(),
+        config_fingerprint=cfg.fingerprint(),
+        detector=detector.name,
+        model_sha256=detector.model_sha256,
+        n_files=s.n_files,
+        n_ok=s.n_ok,
+        n_failed=s.n_failed,
+        n_skipped=s.n_skipped,
+        n_faces=s.n_faces,
+        controller=rec.controller,
+        dpo_contact=rec.dpo_contact,
+        purpose=rec.purpose,
+        legal_basis=rec.legal_basis,
+        data_categories=rec.data_categories,
+        data_subjects=rec.data_subjects,
+        recipients=rec.recipients,
+        retention=rec.retention,
+        transfers=rec.transfers,
+        security_measures=rec.security_measures,
+        host=socket.gethostname(),
+        scheduler=p.scheduler or "embedded LocalCluster",
         status=status,
     ).to_row()
     audit.write_part(p.dst, "runs", p.run_id, [row])

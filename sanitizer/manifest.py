@@ -20,15 +20,38 @@ HEAD_BYTES = 64
 
 # extension -> (kind, format) as `sniff` names them
 EXTENSIONS = {
-    ".jpg": ("image", "jpeg"), ".jpeg": ("image", "jpeg"), ".jpe": ("image", "jpeg"),
-    ".png": ("image", "png"), ".gif": ("image", "gif"), ".webp": ("image", "webp"),
-    ".tif": ("image", "tiff"), ".tiff": ("image", "tiff"), ".bmp": ("image", "bmp"),
-    ".heic": ("image", "heif"), ".heif": ("image", "heif"), ".avif": ("image", "avif"),
-    ".mp4": ("video", "mp4"), ".m4v": ("video", "mp4"), ".mov": ("video", "mov"),
-    ".mkv": ("video", "mkv"), ".webm": ("video", "webm"), ".avi": ("video", "avi"),
+    ".jpg": ("image", "jpeg"),
+    ".jpeg": ("image", "jpeg"),
+    ".jpe": ("image", "jpeg"),
+    ".png": ("image", "png"),
+    ".gif": ("image", "gif"),
+    ".webp": ("image", "webp"),
+    ".tif": ("image", "tiff"),
+    ".tiff": ("image", "tiff"),
+    ".bmp": ("image", "bmp"),
+    ".heic": ("image", "heif"),
+    ".heif": ("image", "heif"),
+    ".avif": ("image", "avif"),
+    ".mp4": ("video", "mp4"),
+    ".m4v": ("video", "mp4"),
+    ".mov": ("video", "mov"),
+    ".mkv": ("video", "mkv"),
+    ".webm": ("video", "webm"),
+    ".avi": ("video", "avi"),
 }
 
-_FTYP_IMAGE = {b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1", b"avif", b"avis"}
+_FTYP_IMAGE = {
+    b"heic",
+    b"heix",
+    b"hevc",
+    b"hevx",
+    b"heim",
+    b"heis",
+    b"mif1",
+    b"msf1",
+    b"avif",
+    b"avis",
+}
 _MOV_ATOMS = {b"moov", b"mdat", b"wide", b"free", b"skip", b"pnot"}
 
 
@@ -76,11 +99,17 @@ def build(
     def one(entry: tuple[str, int]) -> MediaItem:
         key, size = entry
         try:
-            by_name = EXTENSIONS.get(os.path.splitext(key)[1].lower()) if trust_extensions and size else None
+            by_name = (
+                EXTENSIONS.get(os.path.splitext(key)[1].lower())
+                if trust_extensions and size
+                else None
+            )
             if by_name:
                 kind, fmt = by_name
             else:
-                kind, fmt = sniff(storage.read_head(src, key, HEAD_BYTES)) if size else ("other", "")
+                kind, fmt = (
+                    sniff(storage.read_head(src, key, HEAD_BYTES)) if size else ("other", "")
+                )
             digest = storage.sha256_of(src, key) if with_hash else ""
         except StorageError:
             kind, fmt, digest = "other", "", ""
@@ -97,6 +126,9 @@ def build(
 
 def to_parquet_table(items: list[MediaItem]):
     return to_table(
-        [dict(key=i.key, uri=i.uri, kind=i.kind, format=i.format, size=i.size, sha256=i.sha256) for i in items],
+        [
+            dict(key=i.key, uri=i.uri, kind=i.kind, format=i.format, size=i.size, sha256=i.sha256)
+            for i in items
+        ],
         MANIFEST_SCHEMA,
     )

@@ -43,10 +43,25 @@ class Context:
     may_publish: Callable[[], bool] | None = None
 
     @classmethod
-    def create(cls, run_id: str, cfg: Config, detector, src: storage.Location, dst: storage.Location,
-               previous: dict[str, str] | None = None) -> Context:
-        return cls(run_id, cfg, detector, dst, src, cfg.fingerprint(), params_from_config(cfg.redact),
-                   previous or {})
+    def create(
+        cls,
+        run_id: str,
+        cfg: Config,
+        detector,
+        src: storage.Location,
+        dst: storage.Location,
+        previous: dict[str, str] | None = None,
+    ) -> Context:
+        return cls(
+            run_id,
+            cfg,
+            detector,
+            dst,
+            src,
+            cfg.fingerprint(),
+            params_from_config(cfg.redact),
+            previous or {},
+        )
 
 
 class _Unchanged(Exception):
@@ -84,26 +99,43 @@ def _skip_if_unchanged(item: MediaItem, ctx: Context, digest: str) -> None:
         raise _Unchanged
 
 
-def detection_rows(run_id: str, key: str, frame: int, t_ms: float, faces: Detections,
-                   track_ids=None, detected=None) -> list[dict[str, Any]]:
+def detection_rows(
+    run_id: str, key: str, frame: int, t_ms: float, faces: Detections, track_ids=None, detected=None
+) -> list[dict[str, Any]]:
     rows = []
     for i in range(len(faces)):
         x1, y1, x2, y2 = (float(v) for v in faces.boxes[i])
-        rows.append(dict(
-            run_id=run_id, key=key, frame=int(frame), t_ms=float(t_ms),
-            x=x1, y=y1, w=x2 - x1, h=y2 - y1, score=float(faces.scores[i]),
-            track_id=int(track_ids[i]) if track_ids is not None else -1,
-            detected=bool(detected[i]) if detected is not None else True,
-        ))
+        rows.append(
+            dict(
+                run_id=run_id,
+                key=key,
+                frame=int(frame),
+                t_ms=float(t_ms),
+                x=x1,
+                y=y1,
+                w=x2 - x1,
+                h=y2 - y1,
+                score=float(faces.scores[i]),
+                track_id=int(track_ids[i]) if track_ids is not None else -1,
+                detected=bool(detected[i]) if detected is not None else True,
+            )
+        )
     return rows
 
 
 def _result(ctx: Context, item: MediaItem, **kw) -> FileResult:
     return FileResult(
-        run_id=ctx.run_id, key=item.key, source_uri=item.uri, source_sha256=item.sha256,
-        size=item.size, kind=item.kind, detector=ctx.detector.name if ctx.detector else "",
+        run_id=ctx.run_id,
+        key=item.key,
+        source_uri=item.uri,
+        source_sha256=item.sha256,
+        size=item.size,
+        kind=item.kind,
+        detector=ctx.detector.name if ctx.detector else "",
         model_sha256=getattr(ctx.detector, "model_sha256", "") if ctx.detector else "",
-        config_fingerprint=ctx.fingerprint, worker=socket.gethostname(), **kw,
+        config_fingerprint=ctx.fingerprint,
+        worker=socket.gethostname(),
+        **kw,
     )
 
 
@@ -141,7 +173,11 @@ def process_item(item: MediaItem, ctx: Context) -> tuple[dict[str, Any], list[di
         else:
             res.error = f"unknown kind {item.kind!r}"
     except _Unchanged:
-        res.status, res.error, dets = "skipped", "unchanged: already published with the same source and config", []
+        res.status, res.error, dets = (
+            "skipped",
+            "unchanged: already published with the same source and config",
+            [],
+        )
         res.output_uri = ctx.dst.uri(item.key)
     except _OtherKind as other:  # e.g. a text file named .jpg, an MP4 named .jpg: go by the bytes
         return process_item(dataclasses.replace(item, kind=other.kind, format=other.format), ctx)
@@ -153,7 +189,11 @@ def process_item(item: MediaItem, ctx: Context) -> tuple[dict[str, Any], list[di
     except MemoryError:
         res.status, res.error, dets = "failed", "out of memory while processing", []
     except Exception as exc:  # noqa: BLE001 - fail closed on anything unexpected, keep the job alive
-        res.status, res.error, dets = "failed", f"internal error: {type(exc).__name__}: {_one_line(exc)}", []
+        res.status, res.error, dets = (
+            "failed",
+            f"internal error: {type(exc).__name__}: {_one_line(exc)}",
+            [],
+        )
     if res.status == "failed":
         res.output_uri = res.output_sha256 = ""
         res.n_faces = 0
@@ -175,7 +215,9 @@ def _process_image(item: MediaItem, ctx: Context, res: FileResult) -> list[dict[
     res.source_sha256 = hashlib.sha256(data).hexdigest()
     _skip_if_unchanged(item, ctx, res.source_sha256)
     out = image.sanitize(
-        data, ctx.detector, ctx.params,
+        data,
+        ctx.detector,
+        ctx.params,
         opts=image.EncodeOptions.from_config(ctx.cfg.output),
     )
     rows = []
@@ -200,11 +242,14 @@ def _process_video(item: MediaItem, ctx: Context, res: FileResult) -> list[dict[
         suffix = os.path.splitext(item.key)[1] or f".{item.format}"
         with tempfile.TemporaryDirectory(prefix="sanitizer-out-") as tmp:
             out_path = os.path.join(tmp, "out" + suffix)
-            out = video.sanitize(src_path, out_path, ctx.detector, ctx.params, ctx.cfg.video,
-                                 container=container)
+            out = video.sanitize(
+                src_path, out_path, ctx.detector, ctx.params, ctx.cfg.video, container=container
+            )
             rows = []
             for frame, t_ms, faces, track_ids, detected in out.detections:
-                rows += detection_rows(ctx.run_id, item.key, frame, t_ms, faces, track_ids, detected)
+                rows += detection_rows(
+                    ctx.run_id, item.key, frame, t_ms, faces, track_ids, detected
+                )
             res.frames, res.fps = out.frames, out.fps
             res.media_duration_ms, res.audio_kept = out.duration_ms, out.audio_kept
             res.dropped_packets = out.dropped_packets

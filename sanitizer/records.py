@@ -51,7 +51,9 @@ class Detections:
         parts = [p for p in parts if len(p)]
         if not parts:
             return cls.empty()
-        return cls(np.concatenate([p.boxes for p in parts]), np.concatenate([p.scores for p in parts]))
+        return cls(
+            np.concatenate([p.boxes for p in parts]), np.concatenate([p.scores for p in parts])
+        )
 
 
 @dataclass(slots=True)
@@ -123,7 +125,10 @@ class RunRecord:
 
 
 def _meta(table: str) -> dict[bytes, bytes]:
-    return {b"sanitizer.schema_version": str(SCHEMA_VERSION).encode(), b"sanitizer.table": table.encode()}
+    return {
+        b"sanitizer.schema_version": str(SCHEMA_VERSION).encode(),
+        b"sanitizer.table": table.encode(),
+    }
 
 
 FILES_SCHEMA = pa.schema(
@@ -231,7 +236,10 @@ VERIFY_SCHEMA = pa.schema(
         ("run_id", pa.string()),  # the verify pass (not the run that wrote the outputs)
         ("checked_run_id", pa.string()),  # the run whose outputs were checked ("" if unknown)
         ("key", pa.string()),
-        ("status", pa.string()),  # residual | redacted | clean | error (one row per file when no box)
+        (
+            "status",
+            pa.string(),
+        ),  # residual | redacted | clean | error (one row per file when no box)
         ("frame", pa.int64()),  # -1 on per-file rows
         ("x", pa.float32()),
         ("y", pa.float32()),

@@ -101,7 +101,9 @@ def _gaussian(roi: np.ndarray, side: float, p: RedactParams) -> np.ndarray:
     if step > 1:
         roi = roi[::step, ::step]
     small = cv2.resize(roi, (sw, sh), interpolation=cv2.INTER_AREA)
-    small = cv2.GaussianBlur(small, (0, 0), sigmaX=max(0.5, sigma * scale), borderType=cv2.BORDER_REPLICATE)
+    small = cv2.GaussianBlur(
+        small, (0, 0), sigmaX=max(0.5, sigma * scale), borderType=cv2.BORDER_REPLICATE
+    )
     return cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR).reshape((h, w, *roi.shape[2:]))
 
 
@@ -142,8 +144,9 @@ def redact(image: np.ndarray, boxes: np.ndarray, params: RedactParams) -> np.nda
     return out
 
 
-def redact_inplace(image: np.ndarray, boxes: np.ndarray, params: RedactParams,
-                   grid: int = 0) -> list[tuple[int, int, int, int]]:
+def redact_inplace(
+    image: np.ndarray, boxes: np.ndarray, params: RedactParams, grid: int = 0
+) -> list[tuple[int, int, int, int]]:
     """Redact `image` in place (for frame buffers the caller owns); returns the x1, y1, x2, y2
     regions it painted (e.g. to tell a video encoder where the redacted areas are).
 
@@ -154,7 +157,9 @@ def redact_inplace(image: np.ndarray, boxes: np.ndarray, params: RedactParams,
     try:
         method = METHODS[params.method]
     except KeyError:
-        raise ValueError(f"unknown redaction method {params.method!r} (known: {', '.join(METHODS)})") from None
+        raise ValueError(
+            f"unknown redaction method {params.method!r} (known: {', '.join(METHODS)})"
+        ) from None
     if params.shape not in SHAPES:
         raise ValueError(f"unknown mask shape {params.shape!r} (known: {', '.join(SHAPES)})")
     h, w = image.shape[:2]

@@ -70,7 +70,9 @@ def write_sample_clip(image: np.ndarray, path: Path, seconds: float = 2.0, fps: 
             crop = int(w * (0.9 - 0.3 * i / n))  # zoom in
             x = int((w - crop) * i / n)
             y = int((h - crop) * 0.2)
-            frame = cv2.resize(np.ascontiguousarray(image[y : y + crop, x : x + crop]), (size, size))
+            frame = cv2.resize(
+                np.ascontiguousarray(image[y : y + crop, x : x + crop]), (size, size)
+            )
             for packet in video.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
                 out.mux(packet)
         t = np.arange(int(seconds * 44100)) / 44100

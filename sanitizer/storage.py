@@ -71,8 +71,10 @@ def location(url: str, storage_options: dict[str, Any] | None = None) -> Locatio
         if is_s3 and hasattr(fs, "retries"):
             fs.retries = S3FS_RETRIES  # s3fs's own retry loop, on top of botocore's attempts
     except ImportError as exc:
-        raise StorageError(f"{url}: support for this URL is not installed ({_why(exc)}); "
-                           "for s3:// run: pip install 'sanitizer[s3]'") from None
+        raise StorageError(
+            f"{url}: support for this URL is not installed ({_why(exc)}); "
+            "for s3:// run: pip install 'sanitizer[s3]'"
+        ) from None
     except (TypeError, *_io_errors()) as exc:  # TypeError: an option the filesystem does not take
         raise StorageError(f"{url}: {_why(exc)}") from None
     return Location(url, root.rstrip("/") or "/", fs)
@@ -125,9 +127,14 @@ def _why(exc: BaseException) -> str:
     """A one-line reason, with a hint for the usual object-store mistakes."""
     text = " ".join(str(exc).split())[:300] or type(exc).__name__
     name = type(exc).__name__
-    if isinstance(exc, PermissionError) or name in ("NoCredentialsError", "PartialCredentialsError"):
-        text += ("; check the credentials (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or "
-                 "storage_options key/secret) and that they may access this bucket")
+    if isinstance(exc, PermissionError) or name in (
+        "NoCredentialsError",
+        "PartialCredentialsError",
+    ):
+        text += (
+            "; check the credentials (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or "
+            "storage_options key/secret) and that they may access this bucket"
+        )
     elif name in ("EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError"):
         text += "; check the endpoint (AWS_ENDPOINT_URL or storage_options endpoint_url) and the network"
     return text
@@ -172,7 +179,7 @@ def walk(loc: Location, include_hidden: bool = False) -> Iterator[tuple[str, int
         info = found[path]
         if info.get("type", "file") != "file":
             continue
-        key = path[len(prefix):] if path.startswith(prefix) else posixpath.basename(path)
+        key = path[len(prefix) :] if path.startswith(prefix) else posixpath.basename(path)
         if not key or (not include_hidden and any(p.startswith(".") for p in key.split("/"))):
             continue
         yield key, int(info.get("size") or 0)
@@ -286,7 +293,9 @@ def makedirs(loc: Location, key: str = "") -> None:
         try:
             loc.fs.call_s3("head_bucket", Bucket=bucket)
         except FileNotFoundError:
-            raise StorageError(f"{loc.url}: bucket {bucket!r} does not exist (create it first)") from None
+            raise StorageError(
+                f"{loc.url}: bucket {bucket!r} does not exist (create it first)"
+            ) from None
         except PermissionError:
             pass  # a policy may allow writing objects but not HeadBucket: the first write will tell
         except _io_errors() as exc:
@@ -318,7 +327,7 @@ def list_prefix(loc: Location, key: str) -> list[str]:
     except _io_errors() as exc:
         raise StorageError(f"{loc.url}: cannot list {key} ({_why(exc)})") from None
     prefix = loc.root.rstrip("/") + "/"
-    return sorted(p[len(prefix):] for p in paths if p.startswith(prefix))
+    return sorted(p[len(prefix) :] for p in paths if p.startswith(prefix))
 
 
 __all__ = ["Location", "location", "fsspec"]

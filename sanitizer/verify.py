@@ -108,7 +108,9 @@ def _run_threshold(runs, default: float) -> float:
         return default
 
 
-def classify(dets: Detections, redacted_boxes: np.ndarray | None, redacted_mask: np.ndarray | None) -> list[str]:
+def classify(
+    dets: Detections, redacted_boxes: np.ndarray | None, redacted_mask: np.ndarray | None
+) -> list[str]:
     """Status of each verify detection against what the run redacted:
 
     - `redacted`: the same face the run redacted (IoU >= 0.3 with one of the run's boxes) —
@@ -130,7 +132,12 @@ def classify(dets: Detections, redacted_boxes: np.ndarray | None, redacted_mask:
             continue
         xa, ya = int(max(0, np.floor(x1))), int(max(0, np.floor(y1)))
         xb, yb = int(min(w, np.ceil(x2))), int(min(h, np.ceil(y2)))
-        if redacted_mask is not None and xb > xa and yb > ya and redacted_mask[ya:yb, xa:xb].mean() >= EDGE_SHARE:
+        if (
+            redacted_mask is not None
+            and xb > xa
+            and yb > ya
+            and redacted_mask[ya:yb, xa:xb].mean() >= EDGE_SHARE
+        ):
             out[i] = "mask_edge"
     return out
 
@@ -204,15 +211,34 @@ def verify(
     if not dets_tbl.empty:
         for (rid, key, frame), g in dets_tbl.groupby(["run_id", "key", "frame"]):
             xywh = g[["x", "y", "w", "h"]].to_numpy(np.float64)
-            boxes[(rid, key, int(frame))] = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], 1)
-    report = VerifyReport(uuid.uuid4().hex[:12], loc.url, thr, run_thr, audit_uri=audit.audit_uri(loc),
-                          fail_score=fail_score)
+            boxes[(rid, key, int(frame))] = np.concatenate(
+                [xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], 1
+            )
+    report = VerifyReport(
+        uuid.uuid4().hex[:12],
+        loc.url,
+        thr,
+        run_thr,
+        audit_uri=audit.audit_uri(loc),
+        fail_score=fail_score,
+    )
     keys = [k for k, _ in storage.walk(loc) if not k.startswith(audit.AUDIT_DIR + "/")]
     t0 = time.perf_counter()
     base = dict(run_id=report.verify_id, threshold=thr)
     for n, key in enumerate(keys):
         rid = latest.get(key, "")
-        row0 = dict(base, checked_run_id=rid, key=key, frame=-1, x=None, y=None, w=None, h=None, score=None, error="")
+        row0 = dict(
+            base,
+            checked_run_id=rid,
+            key=key,
+            frame=-1,
+            x=None,
+            y=None,
+            w=None,
+            h=None,
+            score=None,
+            error="",
+        )
         try:
             kind, _ = sniff(storage.read_head(loc, key, 64))
             if kind not in ("image", "video"):
@@ -221,7 +247,9 @@ def verify(
             # for the run's redaction: every face found in it is residual
             data = storage.read_bytes(loc, key) if kind == "image" else None  # read once
             if key in written and written[key] != (
-                hashlib.sha256(data).hexdigest() if data is not None else storage.sha256_of(loc, key)
+                hashlib.sha256(data).hexdigest()
+                if data is not None
+                else storage.sha256_of(loc, key)
             ):
                 report.modified.append(key)
                 rid = ""
@@ -250,7 +278,18 @@ def verify(
             for i in range(len(d)):
                 x1, y1, x2, y2 = (float(v) for v in d.boxes[i])
                 score = float(d.scores[i])
-                report.rows.append(dict(row0, status=status[i], frame=int(index), x=x1, y=y1, w=x2 - x1, h=y2 - y1, score=score))
+                report.rows.append(
+                    dict(
+                        row0,
+                        status=status[i],
+                        frame=int(index),
+                        x=x1,
+                        y=y1,
+                        w=x2 - x1,
+                        h=y2 - y1,
+                        score=score,
+                    )
+                )
                 if status[i] == "residual":
                     report.n_residual += 1
                     report.n_residual_at_run_threshold += score >= run_thr

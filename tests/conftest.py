@@ -24,13 +24,19 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
-def run_cli(*args: str, timeout: float = 600, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+def run_cli(
+    *args: str, timeout: float = 600, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
     """Run the real entry point (`python -m sanitizer ...`) and capture its output."""
     full_env = {**os.environ, **(env or {})}
     full_env.pop("SANITIZER_DEBUG", None)
     return subprocess.run(
-        [sys.executable, "-m", "sanitizer", *args], capture_output=True, text=True,
-        timeout=timeout, env=full_env, stdin=subprocess.DEVNULL,
+        [sys.executable, "-m", "sanitizer", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=full_env,
+        stdin=subprocess.DEVNULL,
     )
 
 
@@ -49,8 +55,14 @@ def interrupt_cli(*args: str, after_s: float, timeout: float = 90) -> tuple[int,
     import signal
     import time
 
-    proc = subprocess.Popen([sys.executable, "-m", "sanitizer", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True, stdin=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sanitizer", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        stdin=subprocess.DEVNULL,
+    )
     try:
         for line in proc.stderr:  # wait until the cluster runs
             if "dask:" in line:

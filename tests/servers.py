@@ -32,9 +32,17 @@ LOOPBACK = "127.0.0.1"
 ACCESS_KEY = "SANITIZERTESTKEY"
 SECRET_KEY = "sanitizer-test-secret-0123456789"
 # AWS_* variables that would make the CLI under test use something other than the test server.
-AWS_VARS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE",
-            "AWS_DEFAULT_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION",
-            "AWS_DEFAULT_REGION")
+AWS_VARS = (
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_PROFILE",
+    "AWS_DEFAULT_PROFILE",
+    "AWS_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL_S3",
+    "AWS_REGION",
+    "AWS_DEFAULT_REGION",
+)
 
 
 def free_ports(n: int) -> list[int]:
@@ -51,8 +59,9 @@ def free_ports(n: int) -> list[int]:
             s.close()
 
 
-def wait_until(check, timeout: float, what: str, proc: subprocess.Popen | None = None,
-               log: Path | None = None) -> None:
+def wait_until(
+    check, timeout: float, what: str, proc: subprocess.Popen | None = None, log: Path | None = None
+) -> None:
     """Poll `check()` until it is true; fail (with the server's log tail) after `timeout` s."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -63,15 +72,28 @@ def wait_until(check, timeout: float, what: str, proc: subprocess.Popen | None =
                 return
         time.sleep(0.2)
     tail = log.read_text(errors="replace")[-3000:] if log and log.exists() else ""
-    state = f"exited with {proc.returncode}" if proc is not None and proc.poll() is not None else "timed out"
+    state = (
+        f"exited with {proc.returncode}"
+        if proc is not None and proc.poll() is not None
+        else "timed out"
+    )
     raise RuntimeError(f"{what} not ready ({state} after {timeout:.0f}s)\n{tail}")
 
 
-def start(cmd: list[str], log: Path, env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.Popen:
+def start(
+    cmd: list[str], log: Path, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> subprocess.Popen:
     """Start a server in a new session (its own process group), output to `log`."""
     with open(log, "wb") as out:
-        return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                env=env, cwd=cwd, start_new_session=True)
+        return subprocess.Popen(
+            cmd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            cwd=cwd,
+            start_new_session=True,
+        )
 
 
 def stop(proc: subprocess.Popen, grace: float = 10.0) -> None:
@@ -153,9 +175,14 @@ class S3Server:
         """Environment for the CLI: the standard AWS variables pointing at this server,
         and no AWS config files of the machine."""
         env = {k: v for k, v in os.environ.items() if k not in AWS_VARS}
-        env.update(AWS_ACCESS_KEY_ID=self.key, AWS_SECRET_ACCESS_KEY=self.secret,
-                   AWS_ENDPOINT_URL=self.endpoint, AWS_CONFIG_FILE=os.devnull,
-                   AWS_SHARED_CREDENTIALS_FILE=os.devnull, AWS_EC2_METADATA_DISABLED="true")
+        env.update(
+            AWS_ACCESS_KEY_ID=self.key,
+            AWS_SECRET_ACCESS_KEY=self.secret,
+            AWS_ENDPOINT_URL=self.endpoint,
+            AWS_CONFIG_FILE=os.devnull,
+            AWS_SHARED_CREDENTIALS_FILE=os.devnull,
+            AWS_EC2_METADATA_DISABLED="true",
+        )
         env.update(extra)
         return env
 
@@ -164,10 +191,16 @@ class S3Server:
         import s3fs
 
         return s3fs.S3FileSystem(
-            key=self.key, secret=self.secret, endpoint_url=self.endpoint, skip_instance_cache=True,
-            config_kwargs={"request_checksum_calculation": "when_required",
-                           "response_checksum_validation": "when_required",
-                           "connect_timeout": 5, "read_timeout": 20},
+            key=self.key,
+            secret=self.secret,
+            endpoint_url=self.endpoint,
+            skip_instance_cache=True,
+            config_kwargs={
+                "request_checksum_calculation": "when_required",
+                "response_checksum_validation": "when_required",
+                "connect_timeout": 5,
+                "read_timeout": 20,
+            },
         )
 
 
@@ -190,18 +223,45 @@ def run_s3_server(workdir: Path, timeout: float = 90) -> Iterator[S3Server]:
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "data").mkdir(exist_ok=True)
     ident = workdir / "s3.json"
-    ident.write_text(json.dumps({"identities": [{
-        "name": "tester",
-        "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}],
-        "actions": ["Admin", "Read", "Write", "List", "Tagging"],
-    }]}))
-    names = ["s3.port", "s3.port.grpc", "master.port", "master.port.grpc", "volume.port",
-             "volume.port.grpc", "filer.port", "filer.port.grpc", "admin.port", "admin.port.grpc"]
+    ident.write_text(
+        json.dumps(
+            {
+                "identities": [
+                    {
+                        "name": "tester",
+                        "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}],
+                        "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+                    }
+                ]
+            }
+        )
+    )
+    names = [
+        "s3.port",
+        "s3.port.grpc",
+        "master.port",
+        "master.port.grpc",
+        "volume.port",
+        "volume.port.grpc",
+        "filer.port",
+        "filer.port.grpc",
+        "admin.port",
+        "admin.port.grpc",
+    ]
     ports = dict(zip(names, free_ports(len(names)), strict=True))
-    cmd = [weed, "mini", f"-dir={workdir / 'data'}", f"-ip={LOOPBACK}", f"-ip.bind={LOOPBACK}",
-           f"-s3.config={ident}", "-webdav=false", "-admin.ui=false",
-           "-s3.port.iceberg=0", "-s3.port.lance=0",
-           *(f"-{k}={v}" for k, v in ports.items())]
+    cmd = [
+        weed,
+        "mini",
+        f"-dir={workdir / 'data'}",
+        f"-ip={LOOPBACK}",
+        f"-ip.bind={LOOPBACK}",
+        f"-s3.config={ident}",
+        "-webdav=false",
+        "-admin.ui=false",
+        "-s3.port.iceberg=0",
+        "-s3.port.lance=0",
+        *(f"-{k}={v}" for k, v in ports.items()),
+    ]
     log = workdir / "weed.log"
     proc = start(cmd, log, cwd=workdir)
     endpoint = f"http://{LOOPBACK}:{ports['s3.port']}"
@@ -241,8 +301,9 @@ class DaskCluster:
 
 
 @contextlib.contextmanager
-def run_dask_cluster(workdir: Path, n_workers: int = 2, env: dict[str, str] | None = None,
-                     timeout: float = 60) -> Iterator[DaskCluster]:
+def run_dask_cluster(
+    workdir: Path, n_workers: int = 2, env: dict[str, str] | None = None, timeout: float = 60
+) -> Iterator[DaskCluster]:
     """`dask scheduler` and `n_workers` `dask worker` processes (1 thread each) on loopback.
     The workers get this process's environment without AWS_* variables (so a test proves
     that credentials travel with the job's config), plus `env`."""
@@ -253,18 +314,51 @@ def run_dask_cluster(workdir: Path, n_workers: int = 2, env: dict[str, str] | No
     procs: list[subprocess.Popen] = []
     try:
         log = workdir / "scheduler.log"
-        procs.append(start([sys.executable, "-m", "distributed.cli.dask_scheduler",
-                            "--host", LOOPBACK, "--port", str(port), "--no-dashboard"],
-                           log, env=base_env, cwd=workdir))
+        procs.append(
+            start(
+                [
+                    sys.executable,
+                    "-m",
+                    "distributed.cli.dask_scheduler",
+                    "--host",
+                    LOOPBACK,
+                    "--port",
+                    str(port),
+                    "--no-dashboard",
+                ],
+                log,
+                env=base_env,
+                cwd=workdir,
+            )
+        )
         wait_until(lambda: port_open(port), timeout, "dask scheduler", procs[0], log)
         worker_env = {k: v for k, v in base_env.items() if k not in AWS_VARS} | (env or {})
         for i in range(n_workers):
             wlog = workdir / f"worker{i}.log"
-            procs.append(start([sys.executable, "-m", "distributed.cli.dask_worker", address,
-                                "--host", LOOPBACK, "--nthreads", "1", "--no-dashboard",
-                                "--name", f"test-worker-{i}", "--local-directory", str(workdir / f"w{i}"),
-                                "--memory-limit", "0"],
-                               wlog, env=worker_env, cwd=workdir))
+            procs.append(
+                start(
+                    [
+                        sys.executable,
+                        "-m",
+                        "distributed.cli.dask_worker",
+                        address,
+                        "--host",
+                        LOOPBACK,
+                        "--nthreads",
+                        "1",
+                        "--no-dashboard",
+                        "--name",
+                        f"test-worker-{i}",
+                        "--local-directory",
+                        str(workdir / f"w{i}"),
+                        "--memory-limit",
+                        "0",
+                    ],
+                    wlog,
+                    env=worker_env,
+                    cwd=workdir,
+                )
+            )
         _wait_for_workers(address, n_workers, timeout, procs, workdir)
         yield DaskCluster(address, n_workers, procs)
     finally:
@@ -272,8 +366,9 @@ def run_dask_cluster(workdir: Path, n_workers: int = 2, env: dict[str, str] | No
             stop(p)
 
 
-def _wait_for_workers(address: str, n: int, timeout: float, procs: list[subprocess.Popen],
-                      workdir: Path) -> None:
+def _wait_for_workers(
+    address: str, n: int, timeout: float, procs: list[subprocess.Popen], workdir: Path
+) -> None:
     from distributed import Client
 
     if n == 0:
@@ -282,7 +377,9 @@ def _wait_for_workers(address: str, n: int, timeout: float, procs: list[subproce
         try:
             client.wait_for_workers(n, timeout=timeout)
         except TimeoutError:
-            logs = "\n".join(p.read_text(errors="replace")[-1500:] for p in sorted(workdir.glob("*.log")))
+            logs = "\n".join(
+                p.read_text(errors="replace")[-1500:] for p in sorted(workdir.glob("*.log"))
+            )
             raise RuntimeError(f"dask workers not ready after {timeout}s\n{logs}") from None
 
 

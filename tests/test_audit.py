@@ -10,9 +10,20 @@ def test_files_round_trip(tmp_path):
     loc = storage.location(str(tmp_path))
     now = time.time()
     rows = [
-        FileResult(run_id="r1", key=f"k{i}.jpg", source_uri=f"/s/k{i}.jpg", source_sha256="ab" * 32,
-                   size=10 + i, kind="image", status=s, error="" if s == "ok" else "bad",
-                   n_faces=i, started=now, finished=now + 1, duration_ms=1000.0).to_row()
+        FileResult(
+            run_id="r1",
+            key=f"k{i}.jpg",
+            source_uri=f"/s/k{i}.jpg",
+            source_sha256="ab" * 32,
+            size=10 + i,
+            kind="image",
+            status=s,
+            error="" if s == "ok" else "bad",
+            n_faces=i,
+            started=now,
+            finished=now + 1,
+            duration_ms=1000.0,
+        ).to_row()
         for i, s in enumerate(["ok", "failed", "skipped"])
     ]
     audit.write_part(loc, "files", "r1-000001", rows)

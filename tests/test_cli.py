@@ -46,7 +46,9 @@ def test_exit_code_and_summary(finished_run):
 
 def test_outputs_same_keys_no_exif(finished_run):
     src, dst, _, _ = finished_run
-    outputs = sorted(str(p.relative_to(dst)) for p in dst.rglob("*") if p.is_file() and "_audit" not in p.parts)
+    outputs = sorted(
+        str(p.relative_to(dst)) for p in dst.rglob("*") if p.is_file() and "_audit" not in p.parts
+    )
     assert outputs == ["astronaut.jpg", "nested/astronaut.png", "nested/deeper/cat.jpg"]
     im = Image.open(dst / "astronaut.jpg")
     assert not im.getexif() and "exif" not in im.info
@@ -60,7 +62,9 @@ def test_faces_covered_originals_untouched(finished_run):
     assert (out[90:140, 190:250].max(axis=2) <= 24).mean() > 0.95
     cat_in = np.asarray(Image.open(src / "nested" / "deeper" / "cat.jpg")).astype(int)
     cat_out = np.asarray(Image.open(dst / "nested" / "deeper" / "cat.jpg")).astype(int)
-    assert (np.abs(cat_in - cat_out).max(axis=2) > 40).mean() < 0.005, "face-free photo left almost untouched"
+    assert (np.abs(cat_in - cat_out).max(axis=2) > 40).mean() < 0.005, (
+        "face-free photo left almost untouched"
+    )
 
 
 def test_audit_tables(finished_run):
@@ -68,10 +72,21 @@ def test_audit_tables(finished_run):
     files = pd.read_parquet(dst / "_audit" / "files")
     dets = pd.read_parquet(dst / "_audit" / "detections")
     runs = pd.read_parquet(dst / "_audit" / "runs")
-    assert sorted(files.key) == ["astronaut.jpg", "broken.jpg", "nested/astronaut.png", "nested/deeper/cat.jpg", "notes.txt"]
+    assert sorted(files.key) == [
+        "astronaut.jpg",
+        "broken.jpg",
+        "nested/astronaut.png",
+        "nested/deeper/cat.jpg",
+        "notes.txt",
+    ]
     st = dict(zip(files.key, files.status, strict=True))
-    assert st == {"astronaut.jpg": "ok", "broken.jpg": "failed", "nested/astronaut.png": "ok",
-                  "nested/deeper/cat.jpg": "ok", "notes.txt": "skipped"}
+    assert st == {
+        "astronaut.jpg": "ok",
+        "broken.jpg": "failed",
+        "nested/astronaut.png": "ok",
+        "nested/deeper/cat.jpg": "ok",
+        "notes.txt": "skipped",
+    }
     broken = files[files.key == "broken.jpg"].iloc[0]
     assert "JPEG" in broken.error and broken.output_uri == ""
     assert len(dets) == files.n_faces.sum() >= 2
@@ -80,8 +95,13 @@ def test_audit_tables(finished_run):
     assert (ok.model_sha256.str.len() == 64).all() and (ok.detector == "centerface").all()
     assert len(runs) == 1 and runs.n_failed.item() == 1 and runs.n_ok.item() == 3
     assert runs.status.item() == "complete" and "redact" in runs.config_json.item()
-    text = " ".join(str(v) for df in (files, dets, runs) for col in df.columns
-                    if df[col].dtype == object or str(df[col].dtype).startswith("str") for v in df[col])
+    text = " ".join(
+        str(v)
+        for df in (files, dets, runs)
+        for col in df.columns
+        if df[col].dtype == object or str(df[col].dtype).startswith("str")
+        for v in df[col]
+    )
     assert "Phone 1" not in text and "GPS" not in text, "no EXIF values in the audit"
     assert not [c for c in files.columns if "exif" in c.lower() or "gps" in c.lower()]
 
@@ -95,7 +115,11 @@ def test_dst_inside_src_refused(photo_dir):
 
 def test_missing_src_and_bad_option(tmp_path):
     proc = run_cli("run", str(tmp_path / "nope"), str(tmp_path / "o"))
-    assert proc.returncode == 2 and "no such file or folder" in proc.stderr and "Traceback" not in proc.stderr
+    assert (
+        proc.returncode == 2
+        and "no such file or folder" in proc.stderr
+        and "Traceback" not in proc.stderr
+    )
     proc = run_cli("run", str(tmp_path), str(tmp_path / "o"), "--method", "blur")
     assert proc.returncode == 2 and "unknown redaction method" in proc.stderr
 
@@ -114,7 +138,16 @@ def test_version_and_help():
     proc = run_cli("--version")
     assert proc.returncode == 0 and proc.stdout.startswith("sanitizer ")
     proc = run_cli("run", "--help")
-    for opt in ("--config", "--detector", "--method", "--shape", "--threshold", "--workers", "--scheduler", "--dry-run"):
+    for opt in (
+        "--config",
+        "--detector",
+        "--method",
+        "--shape",
+        "--threshold",
+        "--workers",
+        "--scheduler",
+        "--dry-run",
+    ):
         assert opt in proc.stdout
 
 
@@ -183,20 +216,31 @@ def test_worker_crash_fails_only_that_file(tmp_path):
     names = ["a.jpg", "b.jpg", "crash.jpg", "c.jpg", "d.jpg", "e.jpg", "f.jpg", "g.jpg", "h.jpg"]
     for name in names:  # 9 files on 1 worker: tasks of 3 files, crash.jpg shares its task
         (src / name).write_bytes(jpeg_bytes(small))
-    proc = run_cli("run", str(src), str(dst), "--workers", "1", timeout=300,
-                   env={"SANITIZER_TEST_CRASH_KEY": "crash"})
+    proc = run_cli(
+        "run",
+        str(src),
+        str(dst),
+        "--workers",
+        "1",
+        timeout=300,
+        env={"SANITIZER_TEST_CRASH_KEY": "crash"},
+    )
     assert proc.returncode == 1, proc.stderr
     files = pd.read_parquet(dst / "_audit" / "files").set_index("key")
     assert files.loc["crash.jpg"].status == "failed" and "worker" in files.loc["crash.jpg"].error
     assert len(files) == 9 and (files.drop(index="crash.jpg").status == "ok").all()
-    assert not (dst / "crash.jpg").exists() and (dst / "b.jpg").exists() and (dst / "c.jpg").exists()
+    assert (
+        not (dst / "crash.jpg").exists() and (dst / "b.jpg").exists() and (dst / "c.jpg").exists()
+    )
 
 
 def test_ctrl_c_stops_cleanly(tmp_path):
     """Ctrl-C (SIGINT to the whole process group, as a terminal sends it) ends the job with one
     line and exit 130; the audit keeps what finished and records the run as interrupted."""
     src, dst = faces_folder(tmp_path / "src", 300), tmp_path / "dst"
-    code, out, errs = interrupt_cli("run", str(src), str(dst), "--workers", "2", after_s=3.0, timeout=60)
+    code, out, errs = interrupt_cli(
+        "run", str(src), str(dst), "--workers", "2", after_s=3.0, timeout=60
+    )
     assert code == 130, errs
     assert "Traceback" not in out + errs and "interrupted" in errs
     runs = pd.read_parquet(dst / "_audit" / "runs")
@@ -222,7 +266,10 @@ def test_first_run_on_a_machine_derives_the_int8_model_once(tmp_path):
     src.mkdir()
     for i in range(3):
         (src / f"face{i}.jpg").write_bytes(jpeg_bytes(astronaut()))
-    env = {"SANITIZER_CACHE": str(cache), "SANITIZER_INT8": "1"}  # int8 even on a CPU that would run fp32
+    env = {
+        "SANITIZER_CACHE": str(cache),
+        "SANITIZER_INT8": "1",
+    }  # int8 even on a CPU that would run fp32
     proc = run_cli("run", str(src), str(dst), "--workers", "2", env=env)
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout + proc.stderr
@@ -260,7 +307,9 @@ def test_worker_processes_that_cannot_start_fail_in_one_line(tmp_path):
     )
     src = faces_folder(tmp_path / "src", 2)
     pythonpath = os.pathsep.join(filter(None, [str(hook), os.environ.get("PYTHONPATH", "")]))
-    proc = run_cli("run", str(src), str(tmp_path / "dst"), timeout=120, env={"PYTHONPATH": pythonpath})
+    proc = run_cli(
+        "run", str(src), str(tmp_path / "dst"), timeout=120, env={"PYTHONPATH": pythonpath}
+    )
     assert proc.returncode == 2, proc.stderr
     assert "cannot start a local Dask cluster: worker processes exited" in proc.stderr
     assert "Traceback" not in proc.stderr
@@ -279,9 +328,14 @@ def test_ctrl_c_while_starting_up(tmp_path, after_s):
     import time
 
     src = faces_folder(tmp_path / "src", 150)  # ~10 s of work: it cannot finish first
-    proc = subprocess.Popen([sys.executable, "-m", "sanitizer", "run", str(src), str(tmp_path / "dst")],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True, stdin=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sanitizer", "run", str(src), str(tmp_path / "dst")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        stdin=subprocess.DEVNULL,
+    )
     try:
         time.sleep(after_s)
         os.killpg(proc.pid, signal.SIGINT)
@@ -308,8 +362,15 @@ def test_a_swallowed_ctrl_c_is_delivered_again(monkeypatch):
 
     monkeypatch.setattr(interrupts, "_seen", False)
     with pytest.raises(KeyboardInterrupt):
-        interrupts._hook(SimpleNamespace(exc_type=KeyboardInterrupt, exc_value=KeyboardInterrupt(),
-                                         exc_traceback=None, err_msg=None, object=None))
+        interrupts._hook(
+            SimpleNamespace(
+                exc_type=KeyboardInterrupt,
+                exc_value=KeyboardInterrupt(),
+                exc_traceback=None,
+                err_msg=None,
+                object=None,
+            )
+        )
         for _ in range(200):
             time.sleep(0.01)
     assert interrupts.seen()

@@ -28,8 +28,11 @@ pytestmark = pytest.mark.integration
 
 
 def tree_digest(root: Path) -> dict[str, str]:
-    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def one_line_error(res) -> str:
@@ -39,7 +42,9 @@ def one_line_error(res) -> str:
     return lines[0]
 
 
-def test_run_on_existing_cluster(dask_cluster: DaskCluster, photo_dir: Path, tmp_path: Path) -> None:  # noqa: F811
+def test_run_on_existing_cluster(
+    dask_cluster: DaskCluster, photo_dir: Path, tmp_path: Path
+) -> None:  # noqa: F811
     from distributed import Client
 
     before = tree_digest(photo_dir)
@@ -61,14 +66,19 @@ def test_run_on_existing_cluster(dask_cluster: DaskCluster, photo_dir: Path, tmp
     # the work ran in the cluster's worker processes, and the cluster is still there after the run
     with Client(dask_cluster.address, timeout="10s") as client:
         loaded = client.run(
-            lambda: "sanitizer.execute" in sys.modules
-            and sys.modules["sanitizer.execute"]._STATE.get("detector") is not None
+            lambda: (
+                "sanitizer.execute" in sys.modules
+                and sys.modules["sanitizer.execute"]._STATE.get("detector") is not None
+            )
         )
         assert len(loaded) == 2 and any(loaded.values())
 
 
-def test_s3_job_on_existing_cluster(dask_cluster: DaskCluster, s3_server: S3Server,  # noqa: F811
-                                    tmp_path: Path) -> None:
+def test_s3_job_on_existing_cluster(
+    dask_cluster: DaskCluster,
+    s3_server: S3Server,  # noqa: F811
+    tmp_path: Path,
+) -> None:
     """The workers have no AWS_* variables: the endpoint and keys reach them only through
     the job's config (storage_options)."""
     fs = s3_server.fs()
@@ -77,26 +87,45 @@ def test_s3_job_on_existing_cluster(dask_cluster: DaskCluster, s3_server: S3Serv
     src_files = source_files()
     put_tree(fs, f"{bucket}/in", src_files)
     cfg = tmp_path / "s3.yaml"
-    cfg.write_text(yaml.safe_dump({"input": {"storage_options": s3_server.storage_options},
-                                   "output": {"storage_options": s3_server.storage_options}}))
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "input": {"storage_options": s3_server.storage_options},
+                "output": {"storage_options": s3_server.storage_options},
+            }
+        )
+    )
     env = s3_server.env()
     for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL"):
         env.pop(k)
     dst = f"s3://{bucket}/out"
 
-    res = run_cli("run", f"s3://{bucket}/in", dst, "--scheduler", dask_cluster.address,
-                  "--config", str(cfg), env=env, timeout=300)
+    res = run_cli(
+        "run",
+        f"s3://{bucket}/in",
+        dst,
+        "--scheduler",
+        dask_cluster.address,
+        "--config",
+        str(cfg),
+        env=env,
+        timeout=300,
+    )
 
     assert f"({dask_cluster.address})" in res.stderr
-    outputs = {p[len(f"{bucket}/out/"):]: fs.cat(p) for p in fs.find(f"{bucket}/out")
-               if "/_audit/" not in p}
+    outputs = {
+        p[len(f"{bucket}/out/") :]: fs.cat(p)
+        for p in fs.find(f"{bucket}/out")
+        if "/_audit/" not in p
+    }
     check_run(res, src_files, outputs, dst, s3_server)
     assert {k: fs.cat(f"{bucket}/in/{k}") for k in src_files} == src_files
 
 
 @pytest.mark.parametrize("case", ["refused", "silent", "malformed"])
-def test_unreachable_scheduler_is_a_one_line_error(case: str, photo_dir: Path, tmp_path: Path,
-                                                   request) -> None:
+def test_unreachable_scheduler_is_a_one_line_error(
+    case: str, photo_dir: Path, tmp_path: Path, request
+) -> None:
     address = {
         "refused": lambda: f"tcp://127.0.0.1:{closed_port()}",
         "silent": lambda: f"tcp://127.0.0.1:{request.getfixturevalue('silent_port')}",
@@ -120,20 +149,30 @@ def test_unreachable_scheduler_is_a_one_line_error(case: str, photo_dir: Path, t
 def test_scheduler_without_workers(photo_dir: Path, tmp_path: Path) -> None:
     with run_dask_cluster(tmp_path / "dask", n_workers=0) as cluster:
         t0 = time.monotonic()
-        res = run_cli("run", str(photo_dir), str(tmp_path / "out"), "--scheduler", cluster.address,
-                      timeout=120)
+        res = run_cli(
+            "run",
+            str(photo_dir),
+            str(tmp_path / "out"),
+            "--scheduler",
+            cluster.address,
+            timeout=120,
+        )
         took = time.monotonic() - t0
     assert res.returncode == 2, res.stdout + res.stderr
     assert "has no workers" in one_line_error(res)
     assert took < 60
 
 
-def test_interrupted_run_leaves_no_output_without_a_row(dask_cluster: DaskCluster, tmp_path: Path) -> None:  # noqa: F811
+def test_interrupted_run_leaves_no_output_without_a_row(
+    dask_cluster: DaskCluster, tmp_path: Path
+) -> None:  # noqa: F811
     """Ctrl-C on a job running on someone's cluster: tasks already running on the remote
     workers cannot be killed, so the driver tells them to stop and waits for them; none
     publishes after the clean-up, so every output at DST has its audit row."""
     src, dst = faces_folder(tmp_path / "src", 240), tmp_path / "dst"
-    code, _, errs = interrupt_cli("run", str(src), str(dst), "--scheduler", dask_cluster.address, after_s=2.0)
+    code, _, errs = interrupt_cli(
+        "run", str(src), str(dst), "--scheduler", dask_cluster.address, after_s=2.0
+    )
     assert code == 130, errs
     time.sleep(6.0)  # anything the remote workers were still doing has finished by now
     part = dst / "_audit" / "files"
@@ -155,7 +194,12 @@ def test_embedded_worker_quick_exit_runs_the_other_exit_handlers_first(tmp_path:
         "atexit.register(execute._quick_exit)\n"
         "print('bye', end='')\n"
     )
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                       cwd=Path(__file__).resolve().parents[1])
+    r = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=Path(__file__).resolve().parents[1],
+    )
     assert r.returncode == 0 and r.stdout == "bye", r.stderr
     assert flag.read_text() == "yes"

@@ -23,10 +23,21 @@ from sanitizer.records import Detections
 
 def test_json_ground_truth(tmp_path: Path) -> None:
     p = tmp_path / "gt.json"
-    p.write_text(json.dumps({"meta": {}, "images": [
-        {"file": "images/a.jpg", "boxes": [[1, 2, 30, 40], [50, 60, 10, 12]], "set": "crowd"},
-        {"file": "images/neg.png", "boxes": [], "set": "negative_no_face"},
-    ]}))
+    p.write_text(
+        json.dumps(
+            {
+                "meta": {},
+                "images": [
+                    {
+                        "file": "images/a.jpg",
+                        "boxes": [[1, 2, 30, 40], [50, 60, 10, 12]],
+                        "set": "crowd",
+                    },
+                    {"file": "images/neg.png", "boxes": [], "set": "negative_no_face"},
+                ],
+            }
+        )
+    )
     gt = ev.load_ground_truth(p)
     assert [g.file for g in gt] == ["images/a.jpg", "images/neg.png"]
     np.testing.assert_array_equal(gt[0].boxes, [[1, 2, 30, 40], [50, 60, 10, 12]])
@@ -56,8 +67,10 @@ def test_wider_ground_truth(tmp_path: Path) -> None:
     p.write_text(WIDER)
     gt = ev.load_ground_truth(p)
     assert [g.file for g in gt] == [
-        "0--Parade/0_Parade_marchingband_1_849.jpg", "0--Parade/0_Parade_Parade_0_904.jpg",
-        "1--Handshaking/empty.jpg", "1--Handshaking/last.jpg",
+        "0--Parade/0_Parade_marchingband_1_849.jpg",
+        "0--Parade/0_Parade_Parade_0_904.jpg",
+        "1--Handshaking/empty.jpg",
+        "1--Handshaking/last.jpg",
     ]
     np.testing.assert_array_equal(gt[0].boxes, [[449, 330, 122, 149]])
     # zero-width and invalid-flagged boxes are dropped, as in WIDER's own evaluation
@@ -67,7 +80,9 @@ def test_wider_ground_truth(tmp_path: Path) -> None:
     assert gt[0].set == "0--Parade"
 
 
-@pytest.mark.parametrize("text", ["{\"images\": [{\"boxes\": []}]}", "a.jpg\nnot-a-number\n", "a.jpg\n2\n1 2 3 4\n"])
+@pytest.mark.parametrize(
+    "text", ['{"images": [{"boxes": []}]}', "a.jpg\nnot-a-number\n", "a.jpg\n2\n1 2 3 4\n"]
+)
 def test_bad_ground_truth_is_a_config_error(tmp_path: Path, text: str) -> None:
     p = tmp_path / "gt.txt"
     p.write_text(text)
@@ -80,7 +95,15 @@ def test_bad_ground_truth_is_a_config_error(tmp_path: Path, text: str) -> None:
 
 @pytest.mark.parametrize(
     ("side", "bucket"),
-    [(0, "<16"), (15.99, "<16"), (16, "16-32"), (31.9, "16-32"), (32, "32-64"), (64, ">=64"), (500, ">=64")],
+    [
+        (0, "<16"),
+        (15.99, "<16"),
+        (16, "16-32"),
+        (31.9, "16-32"),
+        (32, "32-64"),
+        (64, ">=64"),
+        (500, ">=64"),
+    ],
 )
 def test_buckets(side: float, bucket: str) -> None:
     assert ev.bucket_of(side) == bucket
@@ -93,7 +116,9 @@ def test_ellipse_matches_coverage_py_drawing() -> None:
         w, h = rng.uniform(1, 60, 2)
         ref = np.zeros((100, 130), np.uint8)
         cx, cy = int(round(x + w / 2)), int(round(y + h / 2))
-        cv2.ellipse(ref, (cx, cy), (max(1, int(round(w / 2))), max(1, int(round(h / 2)))), 0, 0, 360, 1, -1)
+        cv2.ellipse(
+            ref, (cx, cy), (max(1, int(round(w / 2))), max(1, int(round(h / 2)))), 0, 0, 360, 1, -1
+        )
         np.testing.assert_array_equal(ev.ellipse_mask((x, y, w, h), 100, 130), ref.astype(bool))
 
 
@@ -124,7 +149,9 @@ def test_evaluate_image_counts_protection_and_matches() -> None:
     gt = GTImage("a.png", np.array([[10, 10, 20, 20], [60, 60, 30, 30]], float))
     dets = Detections(np.array([[10, 10, 30, 30], [0, 80, 8, 90]], float), np.array([0.9, 0.3]))
     bright = np.ones((100, 100), bool)
-    res, faces, cov = ev.evaluate_image(gt, bright, dets, SimpleNamespace(shape="ellipse", margin=1.3))
+    res, faces, cov = ev.evaluate_image(
+        gt, bright, dets, SimpleNamespace(shape="ellipse", margin=1.3)
+    )
     assert [f.protected for f in faces] == [True, False]
     assert [f.hit50 for f in faces] == [True, False]
     assert res.tp50 == 1 and res.n_det == 2 and res.det_tp50 == [True, False]
@@ -155,7 +182,9 @@ def test_greedy_matching_prefers_high_scores() -> None:
         ([], 0.9, None),
     ],
 )
-def test_calibrate_on_synthetic_scores(scores: list[float], target: float, expected: float | None) -> None:
+def test_calibrate_on_synthetic_scores(
+    scores: list[float], target: float, expected: float | None
+) -> None:
     got = ev.calibrate(np.array(scores), target)
     assert got == expected if expected is None else math.isclose(got, expected)
 
@@ -178,19 +207,27 @@ def _cands(rows):
 
     passes = [Pass("1x", 1, 0.2), Pass("2x", 2, 0.3), Pass("1x+flip", 1, 0.2, flip=True)]
     boxes = [r[1] for r in rows]
-    return Candidates(Detections(np.array(boxes, float), np.array([r[2] for r in rows])),
-                      np.array([passes[r[0]].threshold for r in rows], np.float32),
-                      np.array([r[0] for r in rows], np.int16), passes)
+    return Candidates(
+        Detections(np.array(boxes, float), np.array([r[2] for r in rows])),
+        np.array([passes[r[0]].threshold for r in rows], np.float32),
+        np.array([r[0] for r in rows], np.int16),
+        passes,
+    )
 
 
 def test_vote_keeps_weak_boxes_found_by_every_pass() -> None:
     face = [10, 10, 30, 30]
     lonely = [60, 60, 80, 80]
-    cands = _cands([
-        (0, face, 0.12), (1, [11, 10, 31, 30], 0.15), (2, [10, 11, 30, 31], 0.11),  # 3 passes agree
-        (0, lonely, 0.15), (2, [61, 60, 81, 80], 0.15),  # only 2 of 3 passes
-        (0, [100, 100, 120, 120], 0.5),  # strong: kept alone
-    ])
+    cands = _cands(
+        [
+            (0, face, 0.12),
+            (1, [11, 10, 31, 30], 0.15),
+            (2, [10, 11, 30, 31], 0.11),  # 3 passes agree
+            (0, lonely, 0.15),
+            (2, [61, 60, 81, 80], 0.15),  # only 2 of 3 passes
+            (0, [100, 100, 120, 120], 0.5),  # strong: kept alone
+        ]
+    )
     kept = _bare_detector().select(cands)
     centres = sorted(((kept.boxes[:, 0] + kept.boxes[:, 2]) / 2).round().tolist())
     assert len(centres) == 2 and abs(centres[0] - 20) <= 1 and centres[1] == 110
@@ -220,7 +257,9 @@ def _subset(shared_data: Path, tmp_path: Path) -> tuple[Path, Path]:
 
 
 @pytest.mark.integration
-def test_eval_cli_agrees_with_independent_pixel_check(shared_data: Path, tmp_path: Path, cli) -> None:
+def test_eval_cli_agrees_with_independent_pixel_check(
+    shared_data: Path, tmp_path: Path, cli
+) -> None:
     gt, root = _subset(shared_data, tmp_path)
     report = tmp_path / "report.json"
     res = cli("eval", str(gt), str(root), "--method", "solid", "--out", str(report))
@@ -228,18 +267,37 @@ def test_eval_cli_agrees_with_independent_pixel_check(shared_data: Path, tmp_pat
     assert "cover %" in res.stdout and "face-free images: 2" in res.stdout
     rep = json.loads(report.read_text())
     rows = {r["bucket"]: r for r in rep["rows"]}
-    assert rows["all"]["faces"] == sum(len(im["boxes"]) for im in json.loads(gt.read_text())["images"])
+    assert rows["all"]["faces"] == sum(
+        len(im["boxes"]) for im in json.loads(gt.read_text())["images"]
+    )
     assert rows[">=16"]["coverage"] >= 0.95
     # the same photos through `sanitizer run --method solid`, scored by ../shared/tools/coverage.py
     out = tmp_path / "out"
-    run = cli("run", str(root / "images"), str(out / "images"), "--method", "solid", "--workers", "1")
+    run = cli(
+        "run", str(root / "images"), str(out / "images"), "--method", "solid", "--workers", "1"
+    )
     assert run.returncode == 0, run.stderr
     tool = shared_data.parent / "tools" / "coverage.py"
     if not tool.is_file():
         pytest.skip("../shared/tools/coverage.py is not present")
     js = tmp_path / "cov.json"
-    chk = subprocess.run([sys.executable, str(tool), "--gt", str(gt), "--orig", str(root), "--out", str(out),
-                          "--json", str(js)], capture_output=True, text=True, timeout=300)
+    chk = subprocess.run(
+        [
+            sys.executable,
+            str(tool),
+            "--gt",
+            str(gt),
+            "--orig",
+            str(root),
+            "--out",
+            str(out),
+            "--json",
+            str(js),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert chk.returncode == 0, chk.stderr
     ref = json.loads(js.read_text())
     assert abs(ref["rows"]["all|all"]["protected"] - rows["all"]["protected"]) <= 1
@@ -253,7 +311,17 @@ def test_eval_cli_target_recall_and_parquet(shared_data: Path, tmp_path: Path, c
 
     gt, root = _subset(shared_data, tmp_path)
     out = tmp_path / "table.parquet"
-    res = cli("eval", str(gt), str(root), "--target-recall", "0.9", "--target-bucket", "all", "--out", str(out))
+    res = cli(
+        "eval",
+        str(gt),
+        str(root),
+        "--target-recall",
+        "0.9",
+        "--target-bucket",
+        "all",
+        "--out",
+        str(out),
+    )
     assert res.returncode == 0, res.stderr
     assert "calibration:" in res.stdout and "threshold" in res.stdout
     df = pd.read_parquet(out)

@@ -51,8 +51,13 @@ def exif_with_gps(orientation: int | None = None) -> Image.Exif:
 
 @pytest.mark.parametrize(
     "orientation, transform",
-    [(1, lambda a: a), (3, lambda a: np.rot90(a, 2)), (6, lambda a: np.rot90(a, 1)),
-     (8, lambda a: np.rot90(a, -1)), (2, lambda a: a[:, ::-1])],
+    [
+        (1, lambda a: a),
+        (3, lambda a: np.rot90(a, 2)),
+        (6, lambda a: np.rot90(a, 1)),
+        (8, lambda a: np.rot90(a, -1)),
+        (2, lambda a: a[:, ::-1]),
+    ],
 )
 def test_exif_orientation_applied(orientation, transform):
     upright = gradient()
@@ -63,8 +68,18 @@ def test_exif_orientation_applied(orientation, transform):
     assert np.abs(dec.frames[0].astype(int) - upright).max() == 0
 
 
-@pytest.mark.parametrize("fmt, mode", [("JPEG", "RGB"), ("PNG", "RGBA"), ("WEBP", "RGB"),
-                                       ("TIFF", "RGB"), ("PNG", "L"), ("JPEG", "L"), ("BMP", "RGB")])
+@pytest.mark.parametrize(
+    "fmt, mode",
+    [
+        ("JPEG", "RGB"),
+        ("PNG", "RGBA"),
+        ("WEBP", "RGB"),
+        ("TIFF", "RGB"),
+        ("PNG", "L"),
+        ("JPEG", "L"),
+        ("BMP", "RGB"),
+    ],
+)
 def test_output_same_format_no_metadata(fmt, mode):
     im = Image.fromarray(gradient()).convert(mode)
     kw = {"exif": exif_with_gps(1)} if fmt in ("JPEG", "PNG", "WEBP") else {}
@@ -89,7 +104,9 @@ def test_rgba_alpha_and_16bit_kept():
     assert back.shape == (48, 64, 4) and (back[..., 3] == 77).all()
 
     deep = (np.arange(64 * 48, dtype=np.uint16).reshape(48, 64) * 20).astype(np.uint16)
-    out = image.sanitize(save(Image.fromarray(deep), "PNG"), FixedDetector(), RedactParams(method="solid"))
+    out = image.sanitize(
+        save(Image.fromarray(deep), "PNG"), FixedDetector(), RedactParams(method="solid")
+    )
     back = Image.open(io.BytesIO(out.payload))
     assert back.mode.startswith("I")
     arr = np.asarray(back)

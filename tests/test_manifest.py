@@ -32,7 +32,9 @@ def test_sniff(head, expected):
 
 def test_build_lists_recursively_by_content(tmp_path):
     (tmp_path / "a" / "b").mkdir(parents=True)
-    (tmp_path / "a" / "b" / "photo.txt").write_bytes(b"\xff\xd8\xff\xe0" + b"\x00" * 100)  # JPEG named .txt
+    (tmp_path / "a" / "b" / "photo.txt").write_bytes(
+        b"\xff\xd8\xff\xe0" + b"\x00" * 100
+    )  # JPEG named .txt
     (tmp_path / "video.jpg").write_bytes(b"\x00\x00\x00\x20ftypisom" + b"\x00" * 100)
     (tmp_path / "readme.md").write_text("# hi")
     (tmp_path / ".hidden").write_text("x")
@@ -59,7 +61,18 @@ def test_run_manifest_trusts_media_extensions_without_reading(tmp_path, monkeypa
     (tmp_path / "c.dat").write_bytes(b"\xff\xd8\xff\xe0" + b"\x00" * 10)
     reads = []
     real = storage.read_head
-    monkeypatch.setattr(storage, "read_head", lambda loc, key, n: reads.append(key) or real(loc, key, n))
-    items = {i.key: i for i in manifest.build(storage.location(str(tmp_path)), with_hash=False, trust_extensions=True)}
+    monkeypatch.setattr(
+        storage, "read_head", lambda loc, key, n: reads.append(key) or real(loc, key, n)
+    )
+    items = {
+        i.key: i
+        for i in manifest.build(
+            storage.location(str(tmp_path)), with_hash=False, trust_extensions=True
+        )
+    }
     assert reads == ["c.dat"]  # only the file without a media extension is opened
-    assert (items["a.jpg"].kind, items["b.MP4"].kind, items["c.dat"].kind) == ("image", "video", "image")
+    assert (items["a.jpg"].kind, items["b.MP4"].kind, items["c.dat"].kind) == (
+        "image",
+        "video",
+        "image",
+    )

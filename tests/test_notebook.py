@@ -11,7 +11,9 @@ NOTEBOOK = REPO / "notebooks" / "audit_report.ipynb"
 
 def test_audit_notebook_runs_on_a_real_destination(tmp_path, photo_dir, monkeypatch, capsys):
     dst = tmp_path / "dst"
-    assert run_cli("run", str(photo_dir), str(dst), "--workers", "1").returncode == 1  # one broken JPEG
+    assert (
+        run_cli("run", str(photo_dir), str(dst), "--workers", "1").returncode == 1
+    )  # one broken JPEG
     assert run_cli("verify", str(dst)).returncode == 0
     nb = json.loads(NOTEBOOK.read_text())
     cells = [c for c in nb["cells"] if c["cell_type"] == "code"]

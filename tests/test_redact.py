@@ -38,7 +38,9 @@ def test_modes_and_alpha_kept(channels, dtype):
         assert np.array_equal(out[..., -1], img[..., -1]), "alpha must be kept"
     mask = mask_for(BOX, *img.shape[:2])
     color = out[..., : channels - 1] if channels in (2, 4) else out
-    assert (color[mask] != (img[..., : channels - 1] if channels in (2, 4) else img)[mask]).mean() > 0.9
+    assert (
+        color[mask] != (img[..., : channels - 1] if channels in (2, 4) else img)[mask]
+    ).mean() > 0.9
 
 
 def test_pixelate_at_most_blocks_across_face():

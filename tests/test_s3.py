@@ -61,14 +61,20 @@ def read_audit(table: str, dst: str, server: S3Server | None) -> pd.DataFrame:
     """What a compliance officer does: pandas straight on the audit folder."""
     opts = None
     if dst.startswith("s3://"):
-        opts = {**server.storage_options, "skip_instance_cache": True, "config_kwargs": {
-            "request_checksum_calculation": "when_required",
-            "response_checksum_validation": "when_required"}}
+        opts = {
+            **server.storage_options,
+            "skip_instance_cache": True,
+            "config_kwargs": {
+                "request_checksum_calculation": "when_required",
+                "response_checksum_validation": "when_required",
+            },
+        }
     return pd.read_parquet(f"{dst}/_audit/{table}", storage_options=opts)
 
 
-def check_run(res, src_files: dict[str, bytes], outputs: dict[str, bytes], dst: str,
-              server: S3Server) -> pd.DataFrame:
+def check_run(
+    res, src_files: dict[str, bytes], outputs: dict[str, bytes], dst: str, server: S3Server
+) -> pd.DataFrame:
     """The checks every direction shares; returns the files table."""
     assert res.returncode == 1, res.stdout + res.stderr  # 1: the truncated JPEG failed
     assert "Traceback" not in res.stderr
@@ -81,8 +87,12 @@ def check_run(res, src_files: dict[str, bytes], outputs: dict[str, bytes], dst: 
     files = read_audit("files", dst, server)
     assert sorted(files["key"]) == sorted(src_files)  # one row per input
     status = dict(zip(files["key"], files["status"], strict=True))
-    assert status == {"astronaut.jpg": "ok", "nested/astronaut.png": "ok",
-                      "notes.txt": "skipped", "broken.jpg": "failed"}
+    assert status == {
+        "astronaut.jpg": "ok",
+        "nested/astronaut.png": "ok",
+        "notes.txt": "skipped",
+        "broken.jpg": "failed",
+    }
     assert (files.loc[files.status == "ok", "n_faces"] >= 1).all()
     dets = read_audit("detections", dst, server)
     assert len(dets) == files["n_faces"].sum()
@@ -101,8 +111,11 @@ def test_s3_to_s3_with_aws_environment(s3_server: S3Server, bucket: str) -> None
 
     res = run_cli("run", src, dst, "--workers", "1", env=s3_server.env(), timeout=300)
 
-    outputs = {p[len(f"{bucket}/out/"):]: fs.cat(p) for p in fs.find(f"{bucket}/out")
-               if "/_audit/" not in p}
+    outputs = {
+        p[len(f"{bucket}/out/") :]: fs.cat(p)
+        for p in fs.find(f"{bucket}/out")
+        if "/_audit/" not in p
+    }
     files = check_run(res, src_files, outputs, dst, s3_server)
     assert set(files.loc[files.status == "ok", "output_uri"]) == {f"{dst}/{k}" for k in MEDIA}
     assert "truncated" in files.loc[files.key == "broken.jpg", "error"].iloc[0].lower()
@@ -119,7 +132,9 @@ def test_s3_to_s3_with_aws_environment(s3_server: S3Server, bucket: str) -> None
     assert {k: fs.cat(f"{bucket}/out/{k}") for k in MEDIA} == published
 
 
-def test_local_to_s3_with_config_credentials(s3_server: S3Server, bucket: str, tmp_path: Path) -> None:  # noqa: F811
+def test_local_to_s3_with_config_credentials(
+    s3_server: S3Server, bucket: str, tmp_path: Path
+) -> None:  # noqa: F811
     """No AWS_* variables at all: the endpoint and keys come only from the config file,
     and the worker processes must use them too."""
     src = tmp_path / "src"
@@ -133,11 +148,16 @@ def test_local_to_s3_with_config_credentials(s3_server: S3Server, bucket: str, t
         env.pop(k)
     dst = f"s3://{bucket}/redacted"
 
-    res = run_cli("run", str(src), dst, "--workers", "1", "--config", str(cfg), env=env, timeout=300)
+    res = run_cli(
+        "run", str(src), dst, "--workers", "1", "--config", str(cfg), env=env, timeout=300
+    )
 
     fs = s3_server.fs()
-    outputs = {p[len(f"{bucket}/redacted/"):]: fs.cat(p) for p in fs.find(f"{bucket}/redacted")
-               if "/_audit/" not in p}
+    outputs = {
+        p[len(f"{bucket}/redacted/") :]: fs.cat(p)
+        for p in fs.find(f"{bucket}/redacted")
+        if "/_audit/" not in p
+    }
     check_run(res, src_files, outputs, dst, s3_server)
     assert {k: (src / k).read_bytes() for k in src_files} == src_files
     runs = read_audit("runs", dst, s3_server)
@@ -151,11 +171,15 @@ def test_s3_to_local(s3_server: S3Server, bucket: str, tmp_path: Path) -> None: 
     put_tree(fs, f"{bucket}/photos", src_files)
     dst = tmp_path / "out"
 
-    res = run_cli("run", f"s3://{bucket}/photos", str(dst), "--workers", "1",
-                  env=s3_server.env(), timeout=300)
+    res = run_cli(
+        "run", f"s3://{bucket}/photos", str(dst), "--workers", "1", env=s3_server.env(), timeout=300
+    )
 
-    outputs = {p.relative_to(dst).as_posix(): p.read_bytes() for p in dst.rglob("*")
-               if p.is_file() and "_audit" not in p.parts}
+    outputs = {
+        p.relative_to(dst).as_posix(): p.read_bytes()
+        for p in dst.rglob("*")
+        if p.is_file() and "_audit" not in p.parts
+    }
     check_run(res, src_files, outputs, str(dst), s3_server)
     assert {k: fs.cat(f"{bucket}/photos/{k}") for k in src_files} == src_files
 
@@ -170,8 +194,14 @@ def test_s3_to_local(s3_server: S3Server, bucket: str, tmp_path: Path) -> None: 
         ("silent endpoint", "timeout"),
     ],
 )
-def test_storage_errors_are_one_line(case: str, expect: str, s3_server: S3Server, bucket: str,  # noqa: F811
-                                     tmp_path: Path, request) -> None:
+def test_storage_errors_are_one_line(
+    case: str,
+    expect: str,
+    s3_server: S3Server,
+    bucket: str,  # noqa: F811
+    tmp_path: Path,
+    request,
+) -> None:
     fs = s3_server.fs()
     put_tree(fs, f"{bucket}/in", {"astronaut.jpg": jpeg_bytes(astronaut())})
     src, dst = f"s3://{bucket}/in", f"s3://{bucket}/out"
@@ -217,8 +247,11 @@ def test_listing_sees_new_objects_in_a_long_lived_process(s3_server: S3Server, b
     s3_server.fs().pipe(f"{bucket}/in/sub/b.txt", b"b")
     again = storage.location(f"s3://{bucket}/in", s3_server.storage_options)
     assert again.fs is loc.fs  # the cached instance, as in a second run in the same process
-    assert s3_server.storage_options == {"key": s3_server.key, "secret": s3_server.secret,
-                                         "endpoint_url": s3_server.endpoint}
+    assert s3_server.storage_options == {
+        "key": s3_server.key,
+        "secret": s3_server.secret,
+        "endpoint_url": s3_server.endpoint,
+    }
     assert [k for k, _ in storage.walk(again)] == ["a.txt", "sub/b.txt"]
     assert storage.list_prefix(again, "sub") == ["sub/b.txt"]
 
@@ -247,7 +280,9 @@ def test_video_through_s3(s3_server: S3Server, bucket: str) -> None:  # noqa: F8
     fs.pipe(f"{bucket}/in/clips/face.mp4", clip)
     dst = f"s3://{bucket}/out"
 
-    res = run_cli("run", f"s3://{bucket}/in", dst, "--workers", "1", env=s3_server.env(), timeout=300)
+    res = run_cli(
+        "run", f"s3://{bucket}/in", dst, "--workers", "1", env=s3_server.env(), timeout=300
+    )
 
     assert res.returncode == 0, res.stdout + res.stderr
     files = read_audit("files", dst, s3_server)

@@ -13,8 +13,12 @@ from tests.conftest import run_cli
 pytestmark = pytest.mark.integration
 
 BROKEN = {
-    "pillow_broken.png", "pillow_broken_data_stream.png", "pillow_truncated_app14.jpg",
-    "pillow_truncated_end_chunk.png", "pillow_hopper_bad_exif.jpg", "pillow_hopper_idat_after_image_end.png",
+    "pillow_broken.png",
+    "pillow_broken_data_stream.png",
+    "pillow_truncated_app14.jpg",
+    "pillow_truncated_end_chunk.png",
+    "pillow_hopper_bad_exif.jpg",
+    "pillow_hopper_idat_after_image_end.png",
 }
 
 
@@ -22,8 +26,16 @@ def ellipse_coverage(masked: np.ndarray, bright: np.ndarray, box) -> float:
     """Share of the ellipse inscribed in a GT box that is masked (as ../shared/tools/coverage.py)."""
     x, y, w, h = box
     ell = np.zeros(masked.shape, np.uint8)
-    cv2.ellipse(ell, (int(round(x + w / 2)), int(round(y + h / 2))),
-                (max(1, int(round(w / 2))), max(1, int(round(h / 2)))), 0, 0, 360, 1, -1)
+    cv2.ellipse(
+        ell,
+        (int(round(x + w / 2)), int(round(y + h / 2))),
+        (max(1, int(round(w / 2))), max(1, int(round(h / 2)))),
+        0,
+        0,
+        360,
+        1,
+        -1,
+    )
     sel = ell.astype(bool)
     if (sel & bright).sum() >= 0.3 * max(1, sel.sum()):
         sel &= bright
@@ -103,4 +115,6 @@ def test_exif_rotated_come_out_upright(shared_data, edge_run, n):
     assert out.shape == upright.shape
     changed = np.abs(out - upright).max(axis=2) > 60  # the redacted face
     assert 0.02 < changed.mean() < 0.6
-    assert np.abs(out - upright)[~changed].mean() < 6, "outside the face the output equals the upright original"
+    assert np.abs(out - upright)[~changed].mean() < 6, (
+        "outside the face the output equals the upright original"
+    )

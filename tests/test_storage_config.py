@@ -14,8 +14,12 @@ def test_unsafe_keys_rejected(key):
 
 @pytest.mark.parametrize(
     "inner, outer, expected",
-    [("/d/src/out", "/d/src", True), ("/d/src", "/d/src", True), ("/d/srcx", "/d/src", False),
-     ("/d/out", "/d/src", False)],
+    [
+        ("/d/src/out", "/d/src", True),
+        ("/d/src", "/d/src", True),
+        ("/d/srcx", "/d/src", False),
+        ("/d/out", "/d/src", False),
+    ],
 )
 def test_is_inside(inner, outer, expected):
     assert storage.is_inside(storage.location(inner), storage.location(outer)) is expected
@@ -42,11 +46,13 @@ def test_yaml_and_overrides(tmp_path):
 
 @pytest.mark.parametrize(
     "data, message",
-    [({"redact": {"method": "blur"}}, "unknown redaction method"),
-     ({"detect": {"thresh": 0.1}}, "unknown option detect.thresh"),
-     ({"bogus": {}}, "unknown config section"),
-     ({"detect": {"threshold": "high"}}, "must be a number"),
-     ({"detect": {"threshold": 1.5}}, "between 0 and 1")],
+    [
+        ({"redact": {"method": "blur"}}, "unknown redaction method"),
+        ({"detect": {"thresh": 0.1}}, "unknown option detect.thresh"),
+        ({"bogus": {}}, "unknown config section"),
+        ({"detect": {"threshold": "high"}}, "must be a number"),
+        ({"detect": {"threshold": 1.5}}, "between 0 and 1"),
+    ],
 )
 def test_bad_config_is_clear(data, message):
     with pytest.raises(ConfigError, match=message):
@@ -59,8 +65,17 @@ def test_missing_config_file(tmp_path):
 
 
 def test_secrets_masked_in_record():
-    cfg = config.from_dict({"input": {"storage_options": {"key": "AKIA", "secret": "s3cr3t",
-                                                          "client_kwargs": {"endpoint_url": "http://x"}}}})
+    cfg = config.from_dict(
+        {
+            "input": {
+                "storage_options": {
+                    "key": "AKIA",
+                    "secret": "s3cr3t",
+                    "client_kwargs": {"endpoint_url": "http://x"},
+                }
+            }
+        }
+    )
     d = json.loads(cfg.to_json())
     assert d["input"]["storage_options"]["key"] == "***"
     assert d["input"]["storage_options"]["secret"] == "***"

@@ -10,7 +10,9 @@ from sanitizer.records import Detections
 
 
 def det(*boxes, score=0.9) -> Detections:
-    return Detections(np.array(boxes, np.float32).reshape(-1, 4), np.full(len(boxes), score, np.float32))
+    return Detections(
+        np.array(boxes, np.float32).reshape(-1, 4), np.full(len(boxes), score, np.float32)
+    )
 
 
 def run(cov: TemporalCoverage, seq: dict[int, Detections | None], n: int):
@@ -79,7 +81,7 @@ def test_carried_box_of_a_face_shrinking_at_the_border_never_inverts():
     seq = {0: det([580, 10, 640, 70]), 2: det([604, 10, 640, 70])}
     frames = run(cov, seq, 11)
     for f in frames[3:]:
-        (x1, y1, x2, y2), = f.boxes
+        ((x1, y1, x2, y2),) = f.boxes
         assert x2 - x1 >= 0.5 * 36 - 1e-3 and y2 - y1 > 0, f.frame
 
 

@@ -30,18 +30,26 @@ def test_lowered_moves_every_pass_threshold_by_the_same_amount() -> None:
 def test_classify_against_what_the_run_redacted() -> None:
     run_boxes = np.array([[10, 10, 40, 40]], float)
     mask = mask_for(run_boxes, 100, 100, "ellipse", 1.5)
-    found = Detections(np.array([
-        [12, 11, 41, 42],  # the redacted face, found again
-        [15, 38, 35, 58],  # below the fill: overlaps the mask, not the face
-        [70, 70, 90, 90],  # elsewhere: residual
-    ], float), np.array([0.3, 0.3, 0.9]))
+    found = Detections(
+        np.array(
+            [
+                [12, 11, 41, 42],  # the redacted face, found again
+                [15, 38, 35, 58],  # below the fill: overlaps the mask, not the face
+                [70, 70, 90, 90],  # elsewhere: residual
+            ],
+            float,
+        ),
+        np.array([0.3, 0.3, 0.9]),
+    )
     assert classify(found, run_boxes, mask) == ["redacted", "mask_edge", "residual"]
     assert classify(found, None, None) == ["residual"] * 3
 
 
 @pytest.mark.parametrize(("swap", "code"), [(False, 0), (True, 1)])
 @pytest.mark.integration
-def test_verify_cli_fails_when_an_output_is_replaced_by_its_original(photo_dir: Path, tmp_path: Path, cli, swap: bool, code: int) -> None:
+def test_verify_cli_fails_when_an_output_is_replaced_by_its_original(
+    photo_dir: Path, tmp_path: Path, cli, swap: bool, code: int
+) -> None:
     dst = tmp_path / "dst"
     run = cli("run", str(photo_dir), str(dst), "--workers", "1", "--method", "solid")
     assert run.returncode == 1, run.stderr  # photo_dir holds one broken file on purpose

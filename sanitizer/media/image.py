@@ -28,8 +28,15 @@ except ImportError:  # pragma: no cover - declared dependency
 
 # Pillow format name -> our format name
 FORMATS = {
-    "JPEG": "jpeg", "MPO": "jpeg", "PNG": "png", "WEBP": "webp", "TIFF": "tiff", "BMP": "bmp",
-    "GIF": "gif", "HEIF": "heif", "AVIF": "avif",
+    "JPEG": "jpeg",
+    "MPO": "jpeg",
+    "PNG": "png",
+    "WEBP": "webp",
+    "TIFF": "tiff",
+    "BMP": "bmp",
+    "GIF": "gif",
+    "HEIF": "heif",
+    "AVIF": "avif",
 }
 
 
@@ -67,8 +74,32 @@ class ImageOutcome:
 
 # TIFF tags that describe pixel layout only (TIFF files expose these through getexif())
 STRUCTURAL_TIFF_TAGS = {
-    254, 256, 257, 258, 259, 262, 266, 273, 274, 277, 278, 279, 282, 283, 284, 296, 317, 320,
-    322, 323, 324, 325, 338, 339, 340, 341,
+    254,
+    256,
+    257,
+    258,
+    259,
+    262,
+    266,
+    273,
+    274,
+    277,
+    278,
+    279,
+    282,
+    283,
+    284,
+    296,
+    317,
+    320,
+    322,
+    323,
+    324,
+    325,
+    338,
+    339,
+    340,
+    341,
 }
 
 
@@ -136,7 +167,16 @@ def decode(data: bytes) -> DecodedImage:
             raise
         except Image.DecompressionBombError as exc:
             raise DecodeError(f"image too large: {exc}") from None
-        except (OSError, ValueError, SyntaxError, EOFError, Warning, struct_error, KeyError, IndexError) as exc:
+        except (
+            OSError,
+            ValueError,
+            SyntaxError,
+            EOFError,
+            Warning,
+            struct_error,
+            KeyError,
+            IndexError,
+        ) as exc:
             raise DecodeError(_reason(exc)) from None
     if not frames or any(f.size == 0 for f in frames):
         raise DecodeError("image has no pixels")
@@ -177,11 +217,17 @@ def to_rgb8(arr: np.ndarray) -> np.ndarray:
 
 def _pil(arr: np.ndarray) -> Image.Image:
     if arr.dtype == np.uint16:
-        return Image.fromarray(arr.astype("<u2")) if arr.ndim == 2 else Image.fromarray((arr >> 8).astype(np.uint8))
+        return (
+            Image.fromarray(arr.astype("<u2"))
+            if arr.ndim == 2
+            else Image.fromarray((arr >> 8).astype(np.uint8))
+        )
     return Image.fromarray(arr)
 
 
-def encode(img: DecodedImage, frames: list[np.ndarray], opts: EncodeOptions = EncodeOptions()) -> bytes:
+def encode(
+    img: DecodedImage, frames: list[np.ndarray], opts: EncodeOptions = EncodeOptions()
+) -> bytes:
     """Encode redacted frames in the input's format with no metadata at all."""
     jpeg_quality, webp_quality = opts.jpeg_quality, opts.webp_quality
     fmt = img.format
@@ -195,18 +241,43 @@ def encode(img: DecodedImage, frames: list[np.ndarray], opts: EncodeOptions = En
             first.save(buf, "JPEG", quality=jpeg_quality, optimize=True)
         elif fmt == "png":
             if len(pils) > 1:
-                first.save(buf, "PNG", save_all=True, append_images=pils[1:],
-                           duration=img.durations_ms, loop=img.loop, compress_level=opts.png_compress_level)
+                first.save(
+                    buf,
+                    "PNG",
+                    save_all=True,
+                    append_images=pils[1:],
+                    duration=img.durations_ms,
+                    loop=img.loop,
+                    compress_level=opts.png_compress_level,
+                )
             else:
                 first.save(buf, "PNG", compress_level=opts.png_compress_level)
         elif fmt == "gif":
-            kw = dict(save_all=True, append_images=pils[1:], duration=img.durations_ms, loop=img.loop) if len(pils) > 1 else {}
+            kw = (
+                dict(
+                    save_all=True, append_images=pils[1:], duration=img.durations_ms, loop=img.loop
+                )
+                if len(pils) > 1
+                else {}
+            )
             first.save(buf, "GIF", **kw)
         elif fmt == "webp":
-            kw = dict(save_all=True, append_images=pils[1:], duration=img.durations_ms, loop=img.loop) if len(pils) > 1 else {}
+            kw = (
+                dict(
+                    save_all=True, append_images=pils[1:], duration=img.durations_ms, loop=img.loop
+                )
+                if len(pils) > 1
+                else {}
+            )
             first.save(buf, "WEBP", quality=webp_quality, **kw)
         elif fmt == "tiff":
-            first.save(buf, "TIFF", compression="tiff_adobe_deflate", save_all=len(pils) > 1, append_images=pils[1:])
+            first.save(
+                buf,
+                "TIFF",
+                compression="tiff_adobe_deflate",
+                save_all=len(pils) > 1,
+                append_images=pils[1:],
+            )
         elif fmt == "bmp":
             first.save(buf, "BMP")
         elif fmt == "heif":
@@ -226,7 +297,11 @@ def check_clean(payload: bytes) -> None:
     """Re-open an encoded output: it must decode and carry no EXIF/XMP/comments."""
     with Image.open(io.BytesIO(payload)) as im:
         im.load()
-        leaked = [k for k in ("exif", "xmp", "XML:com.adobe.xmp", "comment", "icc_profile") if im.info.get(k)]
+        leaked = [
+            k
+            for k in ("exif", "xmp", "XML:com.adobe.xmp", "comment", "icc_profile")
+            if im.info.get(k)
+        ]
         extra = set(im.getexif()) - STRUCTURAL_TIFF_TAGS
         if extra:
             leaked.append("exif tags " + ", ".join(str(t) for t in sorted(extra)))
@@ -234,8 +309,9 @@ def check_clean(payload: bytes) -> None:
             raise EncodeError(f"output still carries metadata: {', '.join(sorted(set(leaked)))}")
 
 
-def sanitize(data: bytes, detector, params, *,
-             opts: EncodeOptions = EncodeOptions()) -> ImageOutcome:
+def sanitize(
+    data: bytes, detector, params, *, opts: EncodeOptions = EncodeOptions()
+) -> ImageOutcome:
     """Decode, detect and redact every frame, encode clean. Fails closed by raising."""
     from sanitizer.redact import redact
 

@@ -92,7 +92,9 @@ class FrameBoxes:
 
     frame: int
     boxes: np.ndarray  # (n, 4) float32
-    scores: np.ndarray  # (n,) float32: detection score, or the nearest detection's for carried boxes
+    scores: (
+        np.ndarray
+    )  # (n,) float32: detection score, or the nearest detection's for carried boxes
     track_ids: np.ndarray  # (n,) int64
     detected: np.ndarray  # (n,) bool: False when the box was carried or interpolated
 
@@ -114,8 +116,14 @@ class TemporalCoverage:
             capped at `max_growth`.
     """
 
-    def __init__(self, keep: int = 8, lead: int = 4, iou_threshold: float = 0.2,
-                 growth: float = 0.03, max_growth: float = 1.3) -> None:
+    def __init__(
+        self,
+        keep: int = 8,
+        lead: int = 4,
+        iou_threshold: float = 0.2,
+        growth: float = 0.03,
+        max_growth: float = 1.3,
+    ) -> None:
         if keep < 0 or lead < 0:
             raise ValueError("keep and lead must be >= 0")
         self.keep, self.lead = int(keep), int(lead)
@@ -128,7 +136,11 @@ class TemporalCoverage:
 
     # -- association ----------------------------------------------------------------------
     def _associate(self, t: int, dets: Detections) -> None:
-        live = [tr for tr in self._tracks if t - tr.frames[-1] <= self.keep + self.lead and tr.frames[-1] < t]
+        live = [
+            tr
+            for tr in self._tracks
+            if t - tr.frames[-1] <= self.keep + self.lead and tr.frames[-1] < t
+        ]
         boxes = dets.boxes.astype(np.float64)
         unmatched = set(range(len(dets)))
         if live and len(dets):
@@ -138,12 +150,16 @@ class TemporalCoverage:
             pc = (pred[:, None, :2] + pred[:, None, 2:]) / 2
             dc = (boxes[None, :, :2] + boxes[None, :, 2:]) / 2
             dist = np.linalg.norm(pc - dc, axis=2)
-            side = np.maximum(pred[:, None, 2] - pred[:, None, 0], pred[:, None, 3] - pred[:, None, 1])
+            side = np.maximum(
+                pred[:, None, 2] - pred[:, None, 0], pred[:, None, 3] - pred[:, None, 1]
+            )
             # the longer the gap since a track's last detection, the further its face may be
             gap = np.array([t - tr.frames[-1] for tr in live], np.float64)[:, None]
             reach = np.minimum(2.0, 0.5 + 0.15 * gap) * np.maximum(side, 1.0)
             near = dist < reach
-            score = np.where(m >= self.iou_threshold, 1.0 + m, np.where(near, 1.0 - dist / reach, 0.0))
+            score = np.where(
+                m >= self.iou_threshold, 1.0 + m, np.where(near, 1.0 - dist / reach, 0.0)
+            )
             # a face does not change size by more than MAX_SIZE_CHANGE between two scans: a box
             # that did is another face (typically across a cut), and interpolating towards it
             # would pull the mask off the face in the frames between
@@ -175,12 +191,20 @@ class TemporalCoverage:
             return tr.boxes[i], tr.scores[i], True
         prev = i - 1 if i > 0 else None
         nxt = i if i < len(frames) else None
-        if prev is not None and nxt is not None and (t - frames[prev] <= self.keep or frames[nxt] - t <= self.lead):
+        if (
+            prev is not None
+            and nxt is not None
+            and (t - frames[prev] <= self.keep or frames[nxt] - t <= self.lead)
+        ):
             a, b = frames[prev], frames[nxt]
             w = (t - a) / (b - a)
             box = tr.boxes[prev] * (1 - w) + tr.boxes[nxt] * w
             d = min(t - a, b - t)
-            return grow(box, min(self.max_growth, 1 + self.growth * d / 2)), min(tr.scores[prev], tr.scores[nxt]), False
+            return (
+                grow(box, min(self.max_growth, 1 + self.growth * d / 2)),
+                min(tr.scores[prev], tr.scores[nxt]),
+                False,
+            )
         if prev is not None and t - frames[prev] <= self.keep:
             d = t - frames[prev]
             box = _least_size(tr.boxes[prev] + tr.velocity(prev, True) * d, tr.boxes[prev])
@@ -223,7 +247,9 @@ class TemporalCoverage:
         """Add frame t (frames in increasing order) with its detections, or None if the
         detector did not run on it. Returns the frames that are now final, in order."""
         if t <= self._last_pushed:
-            raise ValueError(f"frames must be pushed in increasing order ({t} after {self._last_pushed})")
+            raise ValueError(
+                f"frames must be pushed in increasing order ({t} after {self._last_pushed})"
+            )
         self._last_pushed = t
         if dets is not None and len(dets):
             self._associate(t, dets)

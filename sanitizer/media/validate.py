@@ -22,7 +22,9 @@ def check_jpeg(data: bytes) -> None:
     p = 2
     while p < n:
         if data[p] != 0xFF:
-            raise DecodeError(f"corrupt JPEG: unexpected bytes at offset {p} (truncated or damaged segment)")
+            raise DecodeError(
+                f"corrupt JPEG: unexpected bytes at offset {p} (truncated or damaged segment)"
+            )
         while p < n and data[p] == 0xFF:
             p += 1
         if p >= n:
@@ -37,13 +39,17 @@ def check_jpeg(data: bytes) -> None:
             break
         length = int.from_bytes(data[p : p + 2], "big")
         if length < 2 or p + length > n:
-            raise DecodeError(f"corrupt JPEG: segment 0xFF{marker:02X} runs past the end of the file")
+            raise DecodeError(
+                f"corrupt JPEG: segment 0xFF{marker:02X} runs past the end of the file"
+            )
         p += length
         if marker == 0xDA:  # entropy-coded data up to the next real marker
             while True:
                 q = data.find(b"\xff", p)
                 if q < 0 or q + 1 >= n:
-                    raise DecodeError("truncated JPEG: image data ends without an end-of-image marker")
+                    raise DecodeError(
+                        "truncated JPEG: image data ends without an end-of-image marker"
+                    )
                 nxt = data[q + 1]
                 if nxt == 0x00 or 0xD0 <= nxt <= 0xD7:
                     p = q + 2

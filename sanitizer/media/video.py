@@ -50,7 +50,9 @@ from sanitizer.redact import RedactParams, redact_inplace
 @dataclass(slots=True)
 class VideoOutcome:
     # one entry per frame with faces: (frame index, t_ms, boxes+scores, track ids, detected flags)
-    detections: list[tuple[int, float, Detections, np.ndarray, np.ndarray]] = field(default_factory=list)
+    detections: list[tuple[int, float, Detections, np.ndarray, np.ndarray]] = field(
+        default_factory=list
+    )
     frames: int = 0
     fps: float = 0.0
     duration_ms: float = 0.0
@@ -134,14 +136,22 @@ class FrameDetector:
 
     def __init__(self, detector) -> None:
         self.detector = detector
-        self._raw = all(callable(getattr(detector, m, None)) for m in ("infer", "finish")) and hasattr(detector, "threshold")
+        self._raw = all(
+            callable(getattr(detector, m, None)) for m in ("infer", "finish")
+        ) and hasattr(detector, "threshold")
         self.parallel_safe = self._raw  # CenterFace keeps one onnxruntime session per thread
 
     def __call__(self, small: np.ndarray, scale_x: float, scale_y: float) -> Detections:
-        dets = self.detector.infer(small, self.detector.threshold) if self._raw else self.detector.detect(small)
+        dets = (
+            self.detector.infer(small, self.detector.threshold)
+            if self._raw
+            else self.detector.detect(small)
+        )
         if not len(dets):
             return Detections.empty()
-        dets = Detections(dets.boxes * np.array([scale_x, scale_y, scale_x, scale_y], np.float32), dets.scores)
+        dets = Detections(
+            dets.boxes * np.array([scale_x, scale_y, scale_x, scale_y], np.float32), dets.scores
+        )
         return self.detector.finish(dets) if self._raw else dets
 
 
@@ -151,7 +161,9 @@ def _plane(frame: av.VideoFrame, i: int, w: int, h: int) -> np.ndarray:
     return np.frombuffer(p, np.uint8).reshape(-1, p.line_size)[:h, :w]
 
 
-def _yuv_params(params: RedactParams, full_range: bool = False) -> tuple[RedactParams, RedactParams, RedactParams]:
+def _yuv_params(
+    params: RedactParams, full_range: bool = False
+) -> tuple[RedactParams, RedactParams, RedactParams]:
     """Per-plane parameters: a solid colour becomes its BT.601 Y, U, V values."""
     if params.method != "solid":
         return params, params, params
@@ -164,12 +176,23 @@ def _yuv_params(params: RedactParams, full_range: bool = False) -> tuple[RedactP
         y = 16 + 0.257 * r + 0.504 * g + 0.098 * b
         u = 128 - 0.148 * r - 0.291 * g + 0.439 * b
         v = 128 + 0.439 * r - 0.368 * g - 0.071 * b
-    mk = lambda c: RedactParams(params.method, params.shape, params.margin, params.blocks,  # noqa: E731
-                                params.blur_strength, (int(round(c)),) * 3)
+
+    def mk(c: float) -> RedactParams:
+        return RedactParams(
+            params.method,
+            params.shape,
+            params.margin,
+            params.blocks,
+            params.blur_strength,
+            (int(round(c)),) * 3,
+        )
+
     return mk(y), mk(u), mk(v)
 
 
-def redact_yuv420p(frame: av.VideoFrame, boxes: np.ndarray, params: RedactParams) -> list[tuple[int, int, int, int]]:
+def redact_yuv420p(
+    frame: av.VideoFrame, boxes: np.ndarray, params: RedactParams
+) -> list[tuple[int, int, int, int]]:
     """Redact `boxes` (stored-frame pixels) in a yuv420p frame's planes, in place; returns the
     regions painted (frame pixels, on the macroblock grid). The frame is made writable first,
     so a decoder's reference buffer is never touched."""
@@ -204,9 +227,15 @@ class SteadyMasks:
         b = np.asarray(boxes, np.float32).reshape(-1, 4)
         out = b.copy()
         last: dict[int, np.ndarray] = {}
-        for i, (box, tid) in enumerate(zip(b, np.asarray(track_ids).reshape(-1).tolist(), strict=True)):
+        for i, (box, tid) in enumerate(
+            zip(b, np.asarray(track_ids).reshape(-1).tolist(), strict=True)
+        ):
             prev = self._last.get(tid)
-            if prev is not None and _contains(prev, box) and _area(prev) <= self.max_area * _area(box):
+            if (
+                prev is not None
+                and _contains(prev, box)
+                and _area(prev) <= self.max_area * _area(box)
+            ):
                 out[i] = prev
             else:
                 cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
@@ -218,7 +247,12 @@ class SteadyMasks:
 
 
 def _contains(outer: np.ndarray, inner: np.ndarray) -> bool:
-    return bool(outer[0] <= inner[0] and outer[1] <= inner[1] and outer[2] >= inner[2] and outer[3] >= inner[3])
+    return bool(
+        outer[0] <= inner[0]
+        and outer[1] <= inner[1]
+        and outer[2] >= inner[2]
+        and outer[3] >= inner[3]
+    )
 
 
 def _area(b: np.ndarray) -> float:
@@ -236,7 +270,9 @@ class RegionMarker:
         self._graph = None
         self._key: tuple = ()
 
-    def __call__(self, frame: av.VideoFrame, regions: list[tuple[int, int, int, int]]) -> av.VideoFrame:
+    def __call__(
+        self, frame: av.VideoFrame, regions: list[tuple[int, int, int, int]]
+    ) -> av.VideoFrame:
         if not regions or not self.qoffset:
             return frame
         try:
@@ -245,7 +281,9 @@ class RegionMarker:
             self.qoffset = Fraction(0)  # an FFmpeg without the filter: encode as is from now on
             return frame
 
-    def _mark(self, frame: av.VideoFrame, regions: list[tuple[int, int, int, int]]) -> av.VideoFrame:
+    def _mark(
+        self, frame: av.VideoFrame, regions: list[tuple[int, int, int, int]]
+    ) -> av.VideoFrame:
         key = tuple(regions)  # a file's frames keep one size and format (a change fails the file)
         if key != self._key:  # steady masks keep the same regions for frames on end
             self._graph, self._key = self._build(frame, regions), key
@@ -256,8 +294,12 @@ class RegionMarker:
         import av.filter
 
         graph = av.filter.Graph()
-        last = graph.add_buffer(width=frame.width, height=frame.height, format=frame.format.name,
-                                time_base=frame.time_base or Fraction(1, 25))
+        last = graph.add_buffer(
+            width=frame.width,
+            height=frame.height,
+            format=frame.format.name,
+            time_base=frame.time_base or Fraction(1, 25),
+        )
         q = f"{self.qoffset.numerator}/{self.qoffset.denominator}"
         for x1, y1, x2, y2 in regions:
             roi = graph.add("addroi", f"x={x1}:y={y1}:w={x2 - x1}:h={y2 - y1}:qoffset={q}")
@@ -334,22 +376,33 @@ def _get(q: queue.Queue, stop: threading.Event):
 
 
 def _muxer(container: str, out_path: str) -> tuple[str, str]:
-    kind = container if container in MUXERS else EXTENSIONS.get(os.path.splitext(out_path)[1].lower(), "")
+    kind = (
+        container
+        if container in MUXERS
+        else EXTENSIONS.get(os.path.splitext(out_path)[1].lower(), "")
+    )
     if kind not in MUXERS:
-        raise EncodeError(f"unsupported video container {container or os.path.splitext(out_path)[1]!r}")
+        raise EncodeError(
+            f"unsupported video container {container or os.path.splitext(out_path)[1]!r}"
+        )
     return kind, MUXERS[kind]
 
 
 def _video_options(kind: str, vcfg) -> tuple[str, dict[str, str]]:
     if kind == "webm":
         return "libvpx-vp9", {
-            "crf": str(vcfg.vp9_crf), "b": "0", "deadline": "realtime",
-            "cpu-used": str(vcfg.vp9_speed), "row-mt": "1",
+            "crf": str(vcfg.vp9_crf),
+            "b": "0",
+            "deadline": "realtime",
+            "cpu-used": str(vcfg.vp9_speed),
+            "row-mt": "1",
         }
     return vcfg.codec, {"crf": str(vcfg.crf), "preset": vcfg.preset}
 
 
-def sanitize(src_path: str, out_path: str, detector, params: RedactParams, vcfg, container: str = "") -> VideoOutcome:
+def sanitize(
+    src_path: str, out_path: str, detector, params: RedactParams, vcfg, container: str = ""
+) -> VideoOutcome:
     """Redact every face in every frame of the video at `src_path` into `out_path`."""
     kind, muxer = _muxer(container, out_path)
     try:
@@ -375,11 +428,17 @@ def _remove(path: str) -> None:
 
 def _reason(exc: BaseException) -> str:
     # FFmpeg's and the OS's errors: their message, without the errno and the (temporary) path
-    text = exc.strerror if isinstance(exc, (av.error.FFmpegError, OSError)) and exc.strerror else str(exc)
+    text = (
+        exc.strerror
+        if isinstance(exc, (av.error.FFmpegError, OSError)) and exc.strerror
+        else str(exc)
+    )
     return " ".join(str(text).split())[:300] or type(exc).__name__
 
 
-def _run(inp, out_path: str, kind: str, muxer: str, fdet: FrameDetector, params: RedactParams, vcfg) -> VideoOutcome:
+def _run(
+    inp, out_path: str, kind: str, muxer: str, fdet: FrameDetector, params: RedactParams, vcfg
+) -> VideoOutcome:
     # cover art (an attached picture) is a video stream too: it is neither scanned nor kept
     still = av.stream.Disposition.attached_pic
     videos = [s for s in inp.streams.video if not s.disposition & still]
@@ -399,8 +458,15 @@ def _run(inp, out_path: str, kind: str, muxer: str, fdet: FrameDetector, params:
     q_dec: queue.Queue = queue.Queue(_QUEUE)
     q_enc: queue.Queue = queue.Queue(_QUEUE)
     q_out: queue.Queue = queue.Queue(_QUEUE)
-    stats = {"dropped": 0, "frames": 0, "turns": 0, "first_pts": None, "last_pts": None,
-             "last_dur": 0, "audio_kept": False}
+    stats = {
+        "dropped": 0,
+        "frames": 0,
+        "turns": 0,
+        "first_pts": None,
+        "last_pts": None,
+        "last_dur": 0,
+        "audio_kept": False,
+    }
 
     # ---- stage 1: demux + decode ------------------------------------------------------
     def decode() -> None:
@@ -445,7 +511,9 @@ def _run(inp, out_path: str, kind: str, muxer: str, fdet: FrameDetector, params:
             size = (fr.width, fr.height)
             stats["turns"] = rotation_turns(fr.rotation)
         if (fr.width, fr.height) != size:
-            raise DecodeError(f"frame size changes mid-stream ({size[0]}x{size[1]} -> {fr.width}x{fr.height})")
+            raise DecodeError(
+                f"frame size changes mid-stream ({size[0]}x{size[1]} -> {fr.width}x{fr.height})"
+            )
         pts = fr.pts
         if pts is None:
             pts = 0 if last_pts is None else last_pts + max(1, stats["last_dur"] or 1)
@@ -461,7 +529,9 @@ def _run(inp, out_path: str, kind: str, muxer: str, fdet: FrameDetector, params:
         small = None
         if index % every == 0:
             sw, sh = detect_size(fr.width, fr.height, vcfg)
-            small = fr.reformat(width=sw, height=sh, format="rgb24", interpolation="AREA").to_ndarray()
+            small = fr.reformat(
+                width=sw, height=sh, format="rgb24", interpolation="AREA"
+            ).to_ndarray()
             if stats["turns"]:
                 small = np.ascontiguousarray(np.rot90(small, stats["turns"]))
         if fr.format.name != "yuv420p":
@@ -531,7 +601,11 @@ def _run(inp, out_path: str, kind: str, muxer: str, fdet: FrameDetector, params:
         # box masks stay put while a face moves a little (ellipses are painted as tracked: one
         # ellipse containing another needs ~40 % of slack)
         steady = SteadyMasks() if params.shape == "box" else None
-        marker = RegionMarker(vcfg.redacted_qoffset) if codec == "libx264" and vcfg.redacted_qoffset else None
+        marker = (
+            RegionMarker(vcfg.redacted_qoffset)
+            if codec == "libx264" and vcfg.redacted_qoffset
+            else None
+        )
         while True:
             item = _get(q_enc, stop)
             if item is not _END and item[0] == "v":
@@ -647,10 +721,13 @@ def _wrap_encode(fn):
             fn()
         except av.error.FFmpegError as exc:
             raise EncodeError(f"encoding failed: {_reason(exc)}") from None
+
     return run
 
 
-def _detect_loop(q_dec, q_enc, stop, fdet: FrameDetector, vcfg, stats, tb, outcome: VideoOutcome) -> None:
+def _detect_loop(
+    q_dec, q_enc, stop, fdet: FrameDetector, vcfg, stats, tb, outcome: VideoOutcome
+) -> None:
     every = max(1, int(vcfg.detect_every))
     # Coarse scans (VideoConfig.full_scan_every): a face that only full scans see is still
     # carried to the next full scan, and a face that appears between two full scans is covered
@@ -662,8 +739,11 @@ def _detect_loop(q_dec, q_enc, stop, fdet: FrameDetector, vcfg, stats, tb, outco
         full_every = 1
     span = every * full_every  # frames between two full scans
     # the look-ahead must reach the next scanned frame; it is capped because it holds frames
-    cov = TemporalCoverage(keep=max(vcfg.track_keep, span), lead=min(_MAX_LEAD, max(vcfg.track_lead, span)),
-                           iou_threshold=vcfg.track_iou)
+    cov = TemporalCoverage(
+        keep=max(vcfg.track_keep, span),
+        lead=min(_MAX_LEAD, max(vcfg.track_lead, span)),
+        iou_threshold=vcfg.track_iou,
+    )
     held: dict[int, _Frame] = {}
 
     def release(done: list[FrameBoxes]) -> None:
@@ -674,7 +754,9 @@ def _detect_loop(q_dec, q_enc, stop, fdet: FrameDetector, vcfg, stats, tb, outco
             if len(fb):
                 boxes = upright_to_stored(fb.boxes, stats["turns"], stored.width, stored.height)
                 t_ms = float((f.pts - stats["first_pts"]) * tb * 1000)
-                outcome.detections.append((fb.frame, t_ms, fb.detections(), fb.track_ids, fb.detected))
+                outcome.detections.append(
+                    (fb.frame, t_ms, fb.detections(), fb.track_ids, fb.detected)
+                )
             _put(q_enc, ("v", stored, boxes, f.pts, fb.track_ids), stop)
 
     # Scanned frames go to a small pool of persistent detection threads (one onnxruntime
@@ -698,21 +780,29 @@ def _detect_loop(q_dec, q_enc, stop, fdet: FrameDetector, vcfg, stats, tb, outco
         scanned[item.index] = (n, up_w / small.shape[1])
         if n % full_every and n > scan["full_until"]:
             h, w = small.shape[:2]
-            small = cv2.resize(small, (max(2, round(w * coarse)), max(2, round(h * coarse))),
-                               interpolation=cv2.INTER_AREA)
+            small = cv2.resize(
+                small,
+                (max(2, round(w * coarse)), max(2, round(h * coarse))),
+                interpolation=cv2.INTER_AREA,
+            )
         sx, sy = up_w / small.shape[1], up_h / small.shape[0]
         return pool.submit(fdet, small, sx, sy) if pool is not None else fdet(small, sx, sy)
 
     def settle(max_pending: int) -> None:
         """Consume finished frames in order; wait while more than `max_pending` are queued."""
-        while inflight and (not isinstance(inflight[0][1], Future) or inflight[0][1].done()
-                            or sum(isinstance(f, Future) for _, f in inflight) > max_pending):
+        while inflight and (
+            not isinstance(inflight[0][1], Future)
+            or inflight[0][1].done()
+            or sum(isinstance(f, Future) for _, f in inflight) > max_pending
+        ):
             item, got = inflight.popleft()
             dets = got.result() if isinstance(got, Future) else got
             if item.index in scanned:
                 n, per_px = scanned.pop(item.index)
                 if len(dets):
-                    sides = np.minimum(dets.boxes[:, 2] - dets.boxes[:, 0], dets.boxes[:, 3] - dets.boxes[:, 1])
+                    sides = np.minimum(
+                        dets.boxes[:, 2] - dets.boxes[:, 0], dets.boxes[:, 3] - dets.boxes[:, 1]
+                    )
                     if float(sides.min()) < vcfg.coarse_min_face * per_px:
                         scan["full_until"] = max(scan["full_until"], n + full_every)
             release(cov.push(item.index, dets))
@@ -737,4 +827,12 @@ def _detect_loop(q_dec, q_enc, stop, fdet: FrameDetector, vcfg, stats, tb, outco
     _put(q_enc, _END, stop)
 
 
-__all__ = ["RegionMarker", "SteadyMasks", "VideoOutcome", "sanitize", "redact_yuv420p", "upright_to_stored", "rotation_turns"]
+__all__ = [
+    "RegionMarker",
+    "SteadyMasks",
+    "VideoOutcome",
+    "sanitize",
+    "redact_yuv420p",
+    "upright_to_stored",
+    "rotation_turns",
+]
