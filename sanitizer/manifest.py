@@ -122,7 +122,7 @@ def build(
 
     def one(entry: storage.Entry) -> MediaItem:
         key, size = entry.key, entry.size
-        refuse = "" if entry.skip else storage.refused(key)
+        refuse = entry.fail or ("" if entry.skip else storage.refused(key))
         if entry.skip or refuse:
             item = MediaItem(key, _uri(src, key), "other", "", size, "", entry.skip, refuse)
         else:

@@ -242,6 +242,7 @@ class Entry:
     key: str
     size: int
     skip: str = ""
+    fail: str = ""  # why an entry that may hold media cannot be read (e.g. an unlistable folder)
 
 
 HIDDEN_SKIP = "hidden (input.include_hidden is false)"
@@ -284,7 +285,7 @@ def _local_entries(root: str, rel: str, include_hidden: bool, in_hidden: bool) -
     except OSError as exc:
         if not rel:
             raise StorageError(f"{root}: cannot list ({_why(exc)})") from None
-        yield Entry(rel, 0, f"folder cannot be listed ({_why(exc)})")
+        yield Entry(rel, 0, fail=f"folder cannot be listed ({_why(exc)})")
         return
     for e in listing:
         key = f"{rel}/{e.name}" if rel else e.name
@@ -292,7 +293,7 @@ def _local_entries(root: str, rel: str, include_hidden: bool, in_hidden: bool) -
         try:
             st = e.stat(follow_symlinks=False)
         except OSError as exc:
-            yield Entry(key, 0, f"cannot be read ({_why(exc)})")
+            yield Entry(key, 0, fail=f"cannot be read ({_why(exc)})")
             continue
         mode = st.st_mode
         if stat.S_ISDIR(mode):

@@ -371,7 +371,7 @@ def encode(
         elif fmt in ("heif", "avif"):
             kw = dict(save_all=True, append_images=pils[1:]) if len(pils) > 1 else {}
             if fmt == "avif" and len(pils) > 1 and img.durations_ms:
-                kw.update(duration=img.durations_ms, loop=img.loop)
+                kw.update(duration=[round(d) for d in img.durations_ms], loop=img.loop)
             first.save(buf, fmt.upper(), quality=jpeg_quality, **kw)
         else:
             raise EncodeError(f"cannot write format {fmt}")
