@@ -628,6 +628,9 @@ def verify_cmd(
 
 
 def main() -> None:
+    for stream in (sys.stdout, sys.stderr):  # a file name that is not UTF-8 prints as \xNN
+        with contextlib.suppress(AttributeError, ValueError):
+            stream.reconfigure(errors="backslashreplace")
     try:
         app()
     except SystemExit as exc:

@@ -22,8 +22,25 @@ from sanitizer.errors import ConfigError
 class InputConfig:
     include_hidden: bool = False  # list files and folders whose name starts with "."
     storage_options: dict[str, Any] = field(default_factory=dict)  # passed to fsspec for SRC
+    # Limits per file (0 = no limit). A file over one fails, with the limit named in its row.
+    max_bytes: int = 16 * 1024**3  # bytes of the file (images are read into memory whole)
+    max_pixels: int = 178_956_970  # pixels of one image or video frame (Pillow's bomb limit)
+    # decoded pixels of all frames/pages of one image file together (they are held at once)
+    max_image_pixels: int = 1024**3
+    max_frames: int = 1_000_000  # frames of a video, frames/pages of an image
+    max_duration_s: float = 6 * 3600.0  # a video's duration as its container declares it
+    # wall-clock seconds for one file (images: checked between frames; videos: see README)
+    file_timeout_s: float = 3600.0
 
 
+INPUT_LIMITS = (
+    "max_bytes",
+    "max_pixels",
+    "max_image_pixels",
+    "max_frames",
+    "max_duration_s",
+    "file_timeout_s",
+)
 PRECISIONS = ("int8", "fp32")  # detect.precision values (centerface.py runs them)
 # redact.method / redact.shape values (redact.py implements them). Named here so that checking
 # a config does not import OpenCV: the run's first worker starts spawning right after it.
@@ -321,3 +338,6 @@ def validate(cfg: Config) -> None:
         )
     if cfg.execution.workers < 0:
         raise ConfigError("execution.workers must be >= 0")
+    for name in INPUT_LIMITS:
+        if getattr(cfg.input, name) < 0:
+            raise ConfigError(f"input.{name} must be >= 0 (0 = no limit)")

@@ -16,7 +16,8 @@ from sanitizer import storage
 from sanitizer.errors import StorageError
 from sanitizer.records import MANIFEST_SCHEMA, MediaItem, to_table
 
-HEAD_BYTES = 64
+# enough to see two MPEG-TS packets (188 bytes; 192 in .m2ts) and an MXF partition key
+HEAD_BYTES = 512
 
 # extension -> (kind, format) as `sniff` names them
 EXTENSIONS = {
@@ -38,6 +39,13 @@ EXTENSIONS = {
     ".mkv": ("video", "mkv"),
     ".webm": ("video", "webm"),
     ".avi": ("video", "avi"),
+    ".3gp": ("video", "mp4"),  # ISO base media, like MP4 (sniffed by its ftyp box)
+    ".3g2": ("video", "mp4"),
+    ".ts": ("video", "mpegts"),
+    ".mts": ("video", "mpegts"),
+    ".m2ts": ("video", "mpegts"),
+    ".m2t": ("video", "mpegts"),
+    ".mxf": ("video", "mxf"),
 }
 
 _FTYP_IMAGE = {
@@ -80,7 +88,20 @@ def sniff(head: bytes) -> tuple[str, str]:
         return "video", "mov"
     if head[:4] == b"\x1a\x45\xdf\xa3":
         return "video", "webm" if b"webm" in head else "mkv"
+    if _is_mpegts(head, 188, 0) or _is_mpegts(head, 192, 4):  # camcorder .mts/.m2ts: 192
+        return "video", "mpegts"
+    if head[:4] == _MXF_KEY and head[4:8] == b"\x02\x05\x01\x01":  # an MXF partition pack
+        return "video", "mxf"
     return "other", ""
+
+
+_MXF_KEY = b"\x06\x0e\x2b\x34"
+
+
+def _is_mpegts(head: bytes, packet: int, offset: int) -> bool:
+    """MPEG transport stream: a 0x47 sync byte at the start of (at least) two packets."""
+    starts = range(offset, len(head), packet)
+    return len(starts) >= 2 and all(head[i] == 0x47 for i in starts)
 
 
 def build(
@@ -92,28 +113,28 @@ def build(
     threads: int = 16,
     on_item: Callable[[MediaItem], None] | None = None,
 ) -> list[MediaItem]:
-    """List SRC. Hashing reads every byte; `run` leaves it to the workers (with_hash=False)
-    and so is sniffing of files with a media extension (trust_extensions=True)."""
-    entries = list(storage.walk(src, include_hidden))
+    """List every entry of SRC. Hashing reads every byte; `run` leaves it to the workers
+    (with_hash=False) and so is sniffing of files with a media extension
+    (trust_extensions=True). Entries that are not regular files, hidden and empty files come
+    back as kind "other" with `skip` set; keys that cannot be published (unsafe or reserved
+    names) with `refuse` set. None of these is opened."""
+    entries = list(storage.entries(src, include_hidden))
 
-    def one(entry: tuple[str, int]) -> MediaItem:
-        key, size = entry
-        try:
-            by_name = (
-                EXTENSIONS.get(os.path.splitext(key)[1].lower())
-                if trust_extensions and size
-                else None
-            )
-            if by_name:
-                kind, fmt = by_name
-            else:
-                kind, fmt = (
-                    sniff(storage.read_head(src, key, HEAD_BYTES)) if size else ("other", "")
+    def one(entry: storage.Entry) -> MediaItem:
+        key, size = entry.key, entry.size
+        refuse = entry.fail or ("" if entry.skip else storage.refused(key))
+        if entry.skip or refuse:
+            item = MediaItem(key, _uri(src, key), "other", "", size, "", entry.skip, refuse)
+        else:
+            try:
+                by_name = (
+                    EXTENSIONS.get(os.path.splitext(key)[1].lower()) if trust_extensions else None
                 )
-            digest = storage.sha256_of(src, key) if with_hash else ""
-        except StorageError:
-            kind, fmt, digest = "other", "", ""
-        item = MediaItem(key, src.uri(key), kind, fmt, size, digest)
+                kind, fmt = by_name or sniff(storage.read_head(src, key, HEAD_BYTES))
+                digest = storage.sha256_of(src, key) if with_hash else ""
+            except StorageError:
+                kind, fmt, digest = "other", "", ""
+            item = MediaItem(key, src.uri(key), kind, fmt, size, digest)
         if on_item:
             on_item(item)
         return item
@@ -124,10 +145,26 @@ def build(
         return list(pool.map(one, entries))
 
 
+def _uri(src: storage.Location, key: str) -> str:
+    """The URI of an entry, also for a key `Location.uri` refuses (only recorded, never opened)."""
+    try:
+        return src.uri(key)
+    except StorageError:
+        return f"{src.url.rstrip('/')}/{key}"
+
+
 def to_parquet_table(items: list[MediaItem]):
     return to_table(
         [
-            dict(key=i.key, uri=i.uri, kind=i.kind, format=i.format, size=i.size, sha256=i.sha256)
+            dict(
+                key=i.key,
+                uri=i.uri,
+                kind=i.kind,
+                format=i.format,
+                size=i.size,
+                sha256=i.sha256,
+                raw_key=storage.raw_key(i.key),
+            )
             for i in items
         ],
         MANIFEST_SCHEMA,

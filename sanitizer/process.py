@@ -95,7 +95,9 @@ def _check_may_publish(ctx: Context) -> None:
 
 
 def _skip_if_unchanged(item: MediaItem, ctx: Context, digest: str) -> None:
-    if ctx.previous.get(item.key) == digest and storage.exists(ctx.dst, item.key):
+    # the audit holds keys as printable text (a name that is not UTF-8 is escaped there)
+    known = ctx.previous.get(item.key) or ctx.previous.get(storage.printable(item.key))
+    if known == digest and storage.exists(ctx.dst, item.key):
         raise _Unchanged
 
 
@@ -135,6 +137,7 @@ def _result(ctx: Context, item: MediaItem, **kw) -> FileResult:
         model_sha256=getattr(ctx.detector, "model_sha256", "") if ctx.detector else "",
         config_fingerprint=ctx.fingerprint,
         worker=socket.gethostname(),
+        raw_key=storage.raw_key(item.key),
         **kw,
     )
 
@@ -162,7 +165,11 @@ def process_item(item: MediaItem, ctx: Context) -> tuple[dict[str, Any], list[di
     dets: list[dict[str, Any]] = []
     stopped = False
     try:
-        if item.kind == "other":
+        if item.refuse:  # an unsafe or reserved name: never read, never written
+            res.status, res.error = "failed", item.refuse
+        elif item.skip:  # a link, FIFO, device, hidden or empty file: recorded only
+            res.status, res.error = "skipped", item.skip
+        elif item.kind == "other":
             res.status, res.error = "skipped", "not an image or video (by content)"
         elif item.kind == "image":
             dets = _process_image(item, ctx, res)
@@ -207,10 +214,32 @@ def process_item(item: MediaItem, ctx: Context) -> tuple[dict[str, Any], list[di
     return res.to_row(), dets
 
 
+# images larger than this are sniffed from a first ranged read before being read whole (small
+# ones are read whole at once: one request instead of two on an object store)
+SNIFF_FIRST_ABOVE = 1 << 20
+
+
+class _OverLimit(SanitizerError):
+    """The file is over one of the `input` limits."""
+
+
+def _check_size(item: MediaItem, ctx: Context, size: int | None = None) -> None:
+    limit = ctx.cfg.input.max_bytes
+    size = item.size if size is None else size
+    if limit and size > limit:
+        raise _OverLimit(f"over input.max_bytes ({limit}): the file has {size} bytes")
+
+
 def _process_image(item: MediaItem, ctx: Context, res: FileResult) -> list[dict[str, Any]]:
     from sanitizer.media import image
 
+    limits = image.Limits.from_config(ctx.cfg.input)
+    if item.size > SNIFF_FIRST_ABOVE:
+        # the first bytes decide before the file is read whole (a huge non-image named .jpg)
+        _sniffed(item, storage.read_head(ctx.src, item.key, HEAD_BYTES))
+    _check_size(item, ctx)
     data = storage.read_bytes(ctx.src, item.key)
+    _check_size(item, ctx, len(data))  # it may have grown since it was listed
     _sniffed(item, data)
     res.source_sha256 = hashlib.sha256(data).hexdigest()
     _skip_if_unchanged(item, ctx, res.source_sha256)
@@ -219,7 +248,9 @@ def _process_image(item: MediaItem, ctx: Context, res: FileResult) -> list[dict[
         ctx.detector,
         ctx.params,
         opts=image.EncodeOptions.from_config(ctx.cfg.output),
+        limits=limits,
     )
+    res.n_images = out.n_images
     rows = []
     for frame, t_ms, faces in out.detections:
         rows += detection_rows(ctx.run_id, item.key, frame, t_ms, faces)
@@ -234,12 +265,17 @@ def _process_image(item: MediaItem, ctx: Context, res: FileResult) -> list[dict[
 def _process_video(item: MediaItem, ctx: Context, res: FileResult) -> list[dict[str, Any]]:
     from sanitizer.media import video
 
+    _sniffed(item, storage.read_head(ctx.src, item.key, HEAD_BYTES))  # before any download
+    _check_size(item, ctx)
     with storage.local_copy(ctx.src, item.key) as (src_path, digest):
         with open(src_path, "rb") as f:
             container = _sniffed(item, f.read(HEAD_BYTES))
         res.source_sha256 = digest
         _skip_if_unchanged(item, ctx, digest)
-        suffix = os.path.splitext(item.key)[1] or f".{item.format}"
+        _check_declared(src_path, ctx)
+        suffix = os.path.splitext(item.key)[1]
+        if not suffix or len(suffix.encode("utf-8", "surrogateescape")) > 16:
+            suffix = f".{item.format}"  # the temporary output's name stays short
         with tempfile.TemporaryDirectory(prefix="sanitizer-out-") as tmp:
             out_path = os.path.join(tmp, "out" + suffix)
             out = video.sanitize(
@@ -250,9 +286,12 @@ def _process_video(item: MediaItem, ctx: Context, res: FileResult) -> list[dict[
                 rows += detection_rows(
                     ctx.run_id, item.key, frame, t_ms, faces, track_ids, detected
                 )
-            res.frames, res.fps = out.frames, out.fps
-            res.media_duration_ms, res.audio_kept = out.duration_ms, out.audio_kept
-            res.dropped_packets = out.dropped_packets
+            res.frames, res.fps = _count(out.frames), _sane(out.fps, 0.0, 10_000.0)
+            res.media_duration_ms = _sane(out.duration_ms, 0.0, float(INT32_MAX) * 1000)
+            res.audio_kept = out.audio_kept
+            # a damaged index can claim any number of frames: never more dropped packets
+            # than bytes in the file
+            res.dropped_packets = min(_count(out.dropped_packets), max(0, item.size))
             h = hashlib.sha256()
             with open(out_path, "rb") as f:
                 while chunk := f.read(1 << 20):
@@ -262,3 +301,58 @@ def _process_video(item: MediaItem, ctx: Context, res: FileResult) -> list[dict[
             res.output_sha256 = h.hexdigest()
     res.n_faces = len(rows)
     return rows
+
+
+INT32_MAX = 2**31 - 1
+
+
+def _count(value: Any) -> int:
+    """A counter for the audit: an int in 0..2**31-1 (a damaged header cannot overflow it)."""
+    try:
+        return int(min(max(int(value), 0), INT32_MAX))
+    except (TypeError, ValueError, OverflowError):
+        return 0
+
+
+def _sane(value: Any, low: float, high: float) -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError, OverflowError):
+        return low
+    if v != v:  # NaN
+        return low
+    return min(max(v, low), high)
+
+
+def _check_declared(path: str, ctx: Context) -> None:
+    """Fail a video before decoding when its container declares more frames or a longer
+    duration than input.max_frames / input.max_duration_s, or frames over input.max_pixels."""
+    import av
+
+    inp = ctx.cfg.input
+    try:
+        with av.open(path, metadata_errors="ignore") as container:
+            duration_s = (container.duration or 0) / 1_000_000  # av.time_base
+            for stream in container.streams.video:
+                frames = int(stream.frames or 0)
+                if stream.duration and stream.time_base:
+                    duration_s = max(duration_s, float(stream.duration * stream.time_base))
+                if inp.max_frames and frames > inp.max_frames:
+                    raise _OverLimit(
+                        f"over input.max_frames ({inp.max_frames}): the container declares "
+                        f"{frames} frames"
+                    )
+                w, h = stream.codec_context.width or 0, stream.codec_context.height or 0
+                if inp.max_pixels and w * h > inp.max_pixels:
+                    raise _OverLimit(
+                        f"over input.max_pixels ({inp.max_pixels}): frames of {w}x{h} pixels"
+                    )
+    except _OverLimit:
+        raise
+    except (av.error.FFmpegError, OSError, ValueError, OverflowError):
+        return  # the video pipeline reports an unreadable file in its own words
+    if inp.max_duration_s and duration_s > inp.max_duration_s:
+        raise _OverLimit(
+            f"over input.max_duration_s ({inp.max_duration_s:g} s): the container declares "
+            f"{duration_s:.0f} s"
+        )

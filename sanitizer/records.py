@@ -21,6 +21,8 @@ class MediaItem:
     format: str  # sniffed container/format name, e.g. "jpeg", "mp4", "" for other
     size: int
     sha256: str
+    skip: str = ""  # why the entry is only recorded, as `skipped` (a link, FIFO, hidden file...)
+    refuse: str = ""  # why the file is refused, recorded as `failed` (an unsafe or reserved name)
 
 
 @dataclass(slots=True)
@@ -83,6 +85,8 @@ class FileResult:
     audio_kept: bool = False
     dropped_packets: int = 0
     worker: str = ""
+    raw_key: str = ""  # the key's exact bytes, percent-encoded (`key` escapes non-UTF-8 bytes)
+    n_images: int = 0  # images written to the output (every frame/page of a multi-image file)
 
     def to_row(self) -> dict[str, Any]:
         return asdict(self)
@@ -157,6 +161,8 @@ FILES_SCHEMA = pa.schema(
         ("audio_kept", pa.bool_()),
         ("dropped_packets", pa.int64()),
         ("worker", pa.string()),
+        ("raw_key", pa.string()),
+        ("n_images", pa.int64()),
     ],
     metadata=_meta("files"),
 )
@@ -226,6 +232,7 @@ MANIFEST_SCHEMA = pa.schema(
         ("format", pa.string()),
         ("size", pa.int64()),
         ("sha256", pa.string()),
+        ("raw_key", pa.string()),
     ],
     metadata=_meta("manifest"),
 )
@@ -267,8 +274,21 @@ def to_table(rows: list[dict[str, Any]], schema: pa.Schema) -> pa.Table:
             cols[f.name] = [r[f.name] for r in rows]
     arrays = []
     for f in schema:
+        if f.type == pa.string():  # names that are not UTF-8 are escaped (see `_printable`)
+            cols[f.name] = [_printable(v) if isinstance(v, str) else v for v in cols[f.name]]
         if f.name in TIMESTAMP_COLUMNS:
             arrays.append(pa.array(cols[f.name], pa.int64()).cast(f.type))
         else:
             arrays.append(pa.array(cols[f.name], f.type))
     return pa.Table.from_arrays(arrays, schema=schema)
+
+
+def _printable(text: str) -> str:
+    """Valid UTF-8 for Parquet: the bytes of a name that is not UTF-8 (held by Python as lone
+    surrogates) become `\\xNN` escapes; `raw_key` keeps such names losslessly."""
+    if text.isascii():
+        return text
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")

@@ -141,13 +141,62 @@ def _why(exc: BaseException) -> str:
 
 
 def safe_key(key: str) -> str:
-    """Reject keys that are absolute or climb out of their root."""
-    if not key or key.startswith("/") or "\\" in key:
-        raise StorageError(f"unsafe key {key!r}")
+    """Reject keys that are absolute or climb out of their root. A backslash is an ordinary
+    character of a name on POSIX file systems and object stores (dumps made on Windows have
+    them); it is refused only where it separates folders (Windows)."""
+    if not key or key.startswith("/") or "\x00" in key or (os.sep == "\\" and "\\" in key):
+        raise StorageError(f"unsafe key {printable(key)!r}")
     parts = key.split("/")
     if any(p in ("", ".", "..") for p in parts):
-        raise StorageError(f"unsafe key {key!r}")
+        raise StorageError(f"unsafe key {printable(key)!r}")
     return key
+
+
+# Top-level names of DST that belong to sanitizer (the audit, its staging area, leases): a SRC
+# key whose first component starts with one of them (in any letter case) is refused, so that
+# no source file can land in or next to DST's audit.
+RESERVED_PREFIXES = ("_audit", "_sanitizer")
+NAME_MAX = 255  # bytes of one name component (ext4, XFS, APFS, NTFS; S3 keys: 1024 in all)
+
+
+def printable(text: str) -> str:
+    """`text` as valid UTF-8: bytes of a name that is not UTF-8 (which Python holds as lone
+    surrogates, "surrogateescape") become `\\xNN`; for the lossless form see `raw_key`."""
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a surrogate that does not stand for a byte
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def raw_key(key: str) -> str:
+    """The key's exact bytes, percent-encoded (RFC 3986; '/' kept): lossless for any name,
+    `urllib.parse.unquote_to_bytes` gives the bytes back."""
+    from urllib.parse import quote
+
+    return quote(
+        os.fsencode(key) if os.name == "posix" else key.encode("utf-8", "surrogatepass"), safe="/"
+    )
+
+
+def refused(key: str) -> str:
+    """Why a SRC key cannot be processed and published ("" when it can)."""
+    try:
+        safe_key(key)
+    except StorageError:
+        return "refused: unsafe name (empty, absolute, '.' or '..' component, or a NUL byte)"
+    first = key.split("/", 1)[0].lower()
+    if first.startswith(RESERVED_PREFIXES):
+        return (
+            "refused: reserved name (top-level names starting with _audit or _sanitizer "
+            "belong to sanitizer's audit in DST)"
+        )
+    try:
+        too_long = any(len(os.fsencode(p)) > NAME_MAX for p in key.split("/"))
+    except UnicodeEncodeError:
+        too_long = False
+    if too_long:
+        return f"refused: a name component is longer than {NAME_MAX} bytes"
+    return ""
 
 
 def is_inside(inner: Location, outer: Location) -> bool:
@@ -183,6 +232,117 @@ def walk(loc: Location, include_hidden: bool = False) -> Iterator[tuple[str, int
         if not key or (not include_hidden and any(p.startswith(".") for p in key.split("/"))):
             continue
         yield key, int(info.get("size") or 0)
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One entry of SRC: a regular file to process (`skip` empty), or something that is only
+    recorded (`skip` says why: a link, a FIFO, a device, a hidden or an empty file)."""
+
+    key: str
+    size: int
+    skip: str = ""
+    fail: str = ""  # why an entry that may hold media cannot be read (e.g. an unlistable folder)
+
+
+HIDDEN_SKIP = "hidden (input.include_hidden is false)"
+
+
+def entries(loc: Location, include_hidden: bool = False) -> Iterator[Entry]:
+    """Every entry under the root, sorted by key, none opened: regular files to process and,
+    with the reason, everything else (nothing is followed or read, so a FIFO cannot hang the
+    listing and a link cannot lead outside SRC)."""
+    if loc.is_local:
+        if not os.path.exists(loc.root):
+            raise StorageError(f"{loc.url}: no such file or folder")
+        if not os.path.isdir(loc.root):
+            raise StorageError(f"{loc.url}: is a file; give the folder that holds it")
+        yield from sorted(_local_entries(loc.root, "", include_hidden, False), key=_sort_key)
+        return
+    for key, size, kind in _listing(loc):
+        hidden = any(p.startswith(".") for p in key.split("/"))
+        if hidden and not include_hidden:
+            yield Entry(key, size, HIDDEN_SKIP)
+        elif kind != "file":
+            yield Entry(key, size, f"not a regular file ({kind})")
+        elif size == 0:
+            yield Entry(key, 0, "empty file")
+        else:
+            yield Entry(key, size)
+
+
+def _sort_key(entry: Entry) -> bytes:
+    return os.fsencode(entry.key) if os.name == "posix" else entry.key.encode("utf-8", "replace")
+
+
+def _local_entries(root: str, rel: str, include_hidden: bool, in_hidden: bool) -> Iterator[Entry]:
+    import stat
+
+    folder = f"{root}/{rel}" if rel else root
+    try:
+        with os.scandir(folder) as it:
+            listing = list(it)
+    except OSError as exc:
+        if not rel:
+            raise StorageError(f"{root}: cannot list ({_why(exc)})") from None
+        yield Entry(rel, 0, fail=f"folder cannot be listed ({_why(exc)})")
+        return
+    for e in listing:
+        key = f"{rel}/{e.name}" if rel else e.name
+        hidden = in_hidden or (e.name.startswith(".") and not include_hidden)
+        try:
+            st = e.stat(follow_symlinks=False)
+        except OSError as exc:
+            yield Entry(key, 0, fail=f"cannot be read ({_why(exc)})")
+            continue
+        mode = st.st_mode
+        if stat.S_ISDIR(mode):
+            yield from _local_entries(root, key, include_hidden, hidden)
+            continue
+        if hidden:
+            reason = HIDDEN_SKIP
+        elif stat.S_ISLNK(mode):
+            reason = "symbolic link (not followed)"
+        elif stat.S_ISFIFO(mode):
+            reason = "named pipe (FIFO)"
+        elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+            reason = "device file"
+        elif stat.S_ISSOCK(mode):
+            reason = "socket"
+        elif not stat.S_ISREG(mode):
+            reason = "not a regular file"
+        elif st.st_size == 0:
+            reason = "empty file"
+        else:
+            reason = ""
+        yield Entry(key, int(st.st_size), reason)
+
+
+def _listing(loc: Location) -> list[tuple[str, int, str]]:
+    """(key, size, type) of every object under a non-local root."""
+    fs = loc.fs
+    try:
+        fs.invalidate_cache()
+        if not fs.exists(loc.root):
+            raise StorageError(f"{loc.url}: no such file or folder")
+        if fs.isfile(loc.root):
+            raise StorageError(f"{loc.url}: is a file; give the folder that holds it")
+        found = fs.find(loc.root, detail=True, withdirs=False)
+    except StorageError:
+        raise
+    except _io_errors() as exc:
+        raise StorageError(f"{loc.url}: cannot list ({_why(exc)})") from None
+    prefix = loc.root.rstrip("/") + "/"
+    out = []
+    for path in sorted(found):
+        info = found[path]
+        kind = info.get("type", "file")
+        if kind == "directory":
+            continue
+        key = path[len(prefix) :] if path.startswith(prefix) else posixpath.basename(path)
+        if key:
+            out.append((key, int(info.get("size") or 0), kind))
+    return out
 
 
 def read_head(loc: Location, key: str, n: int = 64) -> bytes:
@@ -233,7 +393,8 @@ def local_copy(loc: Location, key: str) -> Iterator[tuple[str, str]]:
 def _replace_local(path: str, fill: Callable[[str], None]) -> None:
     """Write a local file atomically: `fill` writes a temporary sibling, then one rename."""
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{os.path.dirname(path)}/.{os.path.basename(path)}.{uuid.uuid4().hex[:8]}.tmp"
+    # the temporary name stays within NAME_MAX bytes whatever the length of the final name
+    tmp = f"{os.path.dirname(path)}/.{os.path.basename(path)[:32]}.{uuid.uuid4().hex[:8]}.tmp"
     try:
         fill(tmp)
         os.replace(tmp, path)

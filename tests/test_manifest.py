@@ -40,11 +40,14 @@ def test_build_lists_recursively_by_content(tmp_path):
     (tmp_path / ".hidden").write_text("x")
     (tmp_path / "empty.png").write_bytes(b"")
     items = {i.key: i for i in manifest.build(storage.location(str(tmp_path)))}
-    assert set(items) == {"a/b/photo.txt", "video.jpg", "readme.md", "empty.png"}
+    assert set(items) == {"a/b/photo.txt", "video.jpg", "readme.md", "empty.png", ".hidden"}
     assert items["a/b/photo.txt"].kind == "image"
     assert items["video.jpg"].kind == "video"
     assert items["readme.md"].kind == "other" and items["empty.png"].kind == "other"
     assert len(items["readme.md"].sha256) == 64 and items["readme.md"].size == 4
+    # hidden and empty files are listed (to be recorded as skipped), never opened
+    assert items[".hidden"].skip.startswith("hidden") and items[".hidden"].sha256 == ""
+    assert items["empty.png"].skip == "empty file"
 
 
 def test_build_on_memory_filesystem():
@@ -76,3 +79,41 @@ def test_run_manifest_trusts_media_extensions_without_reading(tmp_path, monkeypa
         "video",
         "image",
     )
+
+
+def test_entries_record_what_is_not_processed(tmp_path):
+    import os
+
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "a.jpg").write_bytes(b"\xff\xd8\xff" + b"\x00" * 10)
+    os.symlink("d/a.jpg", tmp_path / "link.jpg")
+    os.mkfifo(tmp_path / "pipe.jpg")
+    (tmp_path / os.fsdecode(b"caf\xe9.jpg")).write_bytes(b"\xff\xd8\xff" + b"\x00" * 10)
+    (tmp_path / "back\\slash.jpg").write_bytes(b"\xff\xd8\xff" + b"\x00" * 10)
+    (tmp_path / "_audit").mkdir()
+    (tmp_path / "_audit" / "x.parquet").write_bytes(b"PAR1")
+    items = {i.key: i for i in manifest.build(storage.location(str(tmp_path)), with_hash=False)}
+    assert items["link.jpg"].skip.startswith("symbolic link")
+    assert items["pipe.jpg"].skip.startswith("named pipe")
+    assert items[os.fsdecode(b"caf\xe9.jpg")].kind == "image"
+    assert items["back\\slash.jpg"].kind == "image" and not items["back\\slash.jpg"].refuse
+    assert items["_audit/x.parquet"].refuse.startswith("refused: reserved name")
+    assert items["d/a.jpg"].kind == "image"
+
+
+@pytest.mark.parametrize(
+    "key, refused",
+    [
+        ("a/b.jpg", False),
+        ("_other/x.jpg", False),
+        ("x/_audit/y.jpg", False),  # reserved at the top level only
+        ("_audit", True),
+        ("_Audit/files/x.parquet", True),
+        ("_sanitizer-lease", True),
+        ("a/../b.jpg", True),
+        ("a//b.jpg", True),
+        ("n" * 256 + ".jpg", True),
+    ],
+)
+def test_refused_keys(key, refused):
+    assert bool(storage.refused(key)) == refused

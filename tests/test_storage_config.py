@@ -6,10 +6,16 @@ from sanitizer import config, storage
 from sanitizer.errors import ConfigError, StorageError
 
 
-@pytest.mark.parametrize("key", ["../x.jpg", "/abs.jpg", "a/../../b", "a//b", "", "a/./b", "a\\b"])
+@pytest.mark.parametrize(
+    "key", ["../x.jpg", "/abs.jpg", "a/../../b", "a//b", "", "a/./b", "a\x00b"]
+)
 def test_unsafe_keys_rejected(key):
     with pytest.raises(StorageError):
         storage.safe_key(key)
+
+
+def test_backslash_is_part_of_a_name():  # on POSIX file systems and object stores
+    assert storage.safe_key("a\\..\\b.jpg") == "a\\..\\b.jpg"
 
 
 @pytest.mark.parametrize(

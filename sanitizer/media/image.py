@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import io
+import time
 import warnings
 from dataclasses import dataclass, field
 
@@ -70,6 +71,55 @@ class ImageOutcome:
     detections: list[tuple[int, float, Detections]]  # (frame, t_ms, faces)
     width: int
     height: int
+    n_images: int = 1  # images (frames, pages) in the output
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Per-file limits (config `input`; 0 = none). `deadline`: a time.monotonic() value."""
+
+    max_pixels: int = 0
+    max_image_pixels: int = 0
+    max_frames: int = 0
+    deadline: float = 0.0
+    timeout_s: float = 0.0  # what `deadline` was set from, for the reason
+
+    @classmethod
+    def from_config(cls, inp=None, started: float | None = None) -> Limits:
+        """From an `InputConfig` (its defaults when None); the clock starts at `started`."""
+        if inp is None:
+            from sanitizer.config import InputConfig
+
+            inp = InputConfig()
+        start = time.monotonic() if started is None else started
+        timeout = float(inp.file_timeout_s or 0)
+        return cls(
+            int(inp.max_pixels or 0),
+            int(inp.max_image_pixels or 0),
+            int(inp.max_frames or 0),
+            start + timeout if timeout else 0.0,
+            timeout,
+        )
+
+    def check_time(self) -> None:
+        if self.deadline and time.monotonic() > self.deadline:
+            raise DecodeError(f"over input.file_timeout_s ({self.timeout_s:g} s): stopped")
+
+    def check_frame(self, index: int, size: tuple[int, int], total: int) -> None:
+        """Before decoding frame `index` of size (w, h); `total`: pixels decoded so far."""
+        w, h = size
+        if self.max_frames and index >= self.max_frames:
+            raise DecodeError(f"over input.max_frames ({self.max_frames}): more images in the file")
+        if self.max_pixels and w * h > self.max_pixels:
+            raise DecodeError(
+                f"over input.max_pixels ({self.max_pixels}): an image of {w} x {h} pixels"
+            )
+        if self.max_image_pixels and total + w * h > self.max_image_pixels:
+            raise DecodeError(
+                f"over input.max_image_pixels ({self.max_image_pixels}): "
+                f"{index + 1} images of {total + w * h} pixels in all"
+            )
+        self.check_time()
 
 
 # TIFF tags that describe pixel layout only (TIFF files expose these through getexif())
@@ -144,8 +194,24 @@ def _frame_array(im: Image.Image) -> np.ndarray:
     return np.array(im)
 
 
-def decode(data: bytes) -> DecodedImage:
-    """Decode every frame, orientation applied; raise DecodeError on any damage."""
+# ISO BMFF brands of image *sequences* (a track of images, not items): pillow-heif reads the
+# primary item only, so these fail rather than publish one image of many
+_HEIF_SEQUENCE_BRANDS = (b"msf1", b"hevs", b"heis")
+
+
+def decode(data: bytes, limits: Limits | None = None) -> DecodedImage:
+    """Decode every frame, orientation applied; raise DecodeError on any damage or when the
+    file is over one of `limits` (the config's defaults when None)."""
+    limits = limits if limits is not None else Limits.from_config()
+    pillow_limit = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None  # `limits` are checked below, before any pixel is decoded
+    try:
+        return _decode(data, limits)
+    finally:
+        Image.MAX_IMAGE_PIXELS = pillow_limit
+
+
+def _decode(data: bytes, limits: Limits) -> DecodedImage:
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # Pillow reports corrupt EXIF etc. as warnings
         try:
@@ -153,10 +219,21 @@ def decode(data: bytes) -> DecodedImage:
             fmt = FORMATS.get(im.format or "")
             if fmt is None:
                 raise DecodeError(f"unsupported image format {im.format}")
+            limits.check_frame(0, im.size, 0)
+            if fmt in ("heif", "avif") and data[8:12] in _HEIF_SEQUENCE_BRANDS:
+                raise DecodeError(
+                    f"HEIF image sequence (brand {data[8:12].decode('latin-1')}) is not "
+                    "supported: only its first image could be read"
+                )
             validate.check(fmt, data)
             frames, durations = [], []
             n = getattr(im, "n_frames", 1)
-            for frame in ImageSequence.Iterator(im) if n > 1 else [im]:
+            if limits.max_frames and n > limits.max_frames:
+                raise DecodeError(f"over input.max_frames ({limits.max_frames}): {n} images")
+            total = 0
+            for index, frame in enumerate(ImageSequence.Iterator(im) if n > 1 else [im]):
+                limits.check_frame(index, frame.size, total)
+                total += frame.size[0] * frame.size[1]
                 frame.load()
                 upright = ImageOps.exif_transpose(frame) if fmt not in ("gif",) else frame
                 upright = _to_srgb(upright)
@@ -166,7 +243,9 @@ def decode(data: bytes) -> DecodedImage:
         except DecodeError:
             raise
         except Image.DecompressionBombError as exc:
-            raise DecodeError(f"image too large: {exc}") from None
+            raise DecodeError(
+                f"image too large (input.max_pixels {limits.max_pixels}): {exc}"
+            ) from None
         except (
             OSError,
             ValueError,
@@ -192,7 +271,7 @@ except ImportError:  # pragma: no cover
 def _reason(exc: BaseException) -> str:
     msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     if isinstance(exc, Image.DecompressionBombWarning):
-        return f"image too large to decode safely ({msg})"
+        return f"over input.max_pixels: image too large to decode safely ({msg})"
     if isinstance(exc, Image.UnidentifiedImageError):
         return "not a readable image (unidentified or corrupt header)"
     if "truncated" in msg.lower():
@@ -236,9 +315,18 @@ def encode(
     buf = io.BytesIO()
     try:
         if fmt == "jpeg":
-            if first.mode not in ("RGB", "L"):
-                first = first.convert("L" if first.mode in ("LA", "I;16") else "RGB")
-            first.save(buf, "JPEG", quality=jpeg_quality, optimize=True)
+            pils = [
+                p
+                if p.mode in ("RGB", "L")
+                else p.convert("L" if p.mode in ("LA", "I;16") else "RGB")
+                for p in pils
+            ]
+            if len(pils) > 1:  # MPO (stereo/multi-picture JPEG): every image kept
+                pils[0].save(
+                    buf, "MPO", save_all=True, append_images=pils[1:], quality=jpeg_quality
+                )
+            else:
+                pils[0].save(buf, "JPEG", quality=jpeg_quality, optimize=True)
         elif fmt == "png":
             if len(pils) > 1:
                 first.save(
@@ -280,10 +368,11 @@ def encode(
             )
         elif fmt == "bmp":
             first.save(buf, "BMP")
-        elif fmt == "heif":
-            first.save(buf, "HEIF", quality=jpeg_quality)
-        elif fmt == "avif":
-            first.save(buf, "AVIF", quality=jpeg_quality)
+        elif fmt in ("heif", "avif"):
+            kw = dict(save_all=True, append_images=pils[1:]) if len(pils) > 1 else {}
+            if fmt == "avif" and len(pils) > 1 and img.durations_ms:
+                kw.update(duration=[round(d) for d in img.durations_ms], loop=img.loop)
+            first.save(buf, fmt.upper(), quality=jpeg_quality, **kw)
         else:
             raise EncodeError(f"cannot write format {fmt}")
     except EncodeError:
@@ -293,10 +382,14 @@ def encode(
     return buf.getvalue()
 
 
-def check_clean(payload: bytes) -> None:
-    """Re-open an encoded output: it must decode and carry no EXIF/XMP/comments."""
+def check_clean(payload: bytes, expected_images: int = 1) -> int:
+    """Re-open an encoded output: it must decode, carry no EXIF/XMP/comments and hold at least
+    `expected_images` images (frames, pages); returns how many it holds."""
     with Image.open(io.BytesIO(payload)) as im:
         im.load()
+        n_images = int(getattr(im, "n_frames", 1) or 1)
+        if n_images < expected_images:
+            raise EncodeError(f"output holds {n_images} of {expected_images} images: not published")
         leaked = [
             k
             for k in ("exif", "xmp", "XML:com.adobe.xmp", "comment", "icc_profile")
@@ -307,24 +400,46 @@ def check_clean(payload: bytes) -> None:
             leaked.append("exif tags " + ", ".join(str(t) for t in sorted(extra)))
         if leaked:
             raise EncodeError(f"output still carries metadata: {', '.join(sorted(set(leaked)))}")
+    return n_images
+
+
+def _distinct_runs(frames: list[np.ndarray]) -> int:
+    """Frames left once runs of identical consecutive frames are merged (GIF and APNG writers
+    merge them, adding up their durations: nothing is lost)."""
+    return 1 + sum(
+        1
+        for a, b in zip(frames, frames[1:], strict=False)
+        if a.shape != b.shape or not np.array_equal(a, b)
+    )
 
 
 def sanitize(
-    data: bytes, detector, params, *, opts: EncodeOptions = EncodeOptions()
+    data: bytes,
+    detector,
+    params,
+    *,
+    opts: EncodeOptions = EncodeOptions(),
+    limits: Limits | None = None,
 ) -> ImageOutcome:
-    """Decode, detect and redact every frame, encode clean. Fails closed by raising."""
+    """Decode, detect and redact every frame, encode clean (every frame/page/image of a
+    multi-image file, or the file fails). Fails closed by raising."""
     from sanitizer.redact import redact
 
-    img = decode(data)
+    limits = limits if limits is not None else Limits.from_config()
+    img = decode(data, limits)
     out_frames, found = [], []
     t = 0.0
     for i, frame in enumerate(img.frames):
+        limits.check_time()
         faces = detector.detect(to_rgb8(frame))
         out_frames.append(redact(frame, faces.boxes, params) if len(faces) else frame)
         found.append((i, t, faces))
         if img.durations_ms:
             t += img.durations_ms[i]
+    limits.check_time()
     payload = encode(img, out_frames, opts)
-    check_clean(payload)
+    merges = img.format in ("gif", "png")  # their writers merge identical consecutive frames
+    expected = _distinct_runs(out_frames) if merges else len(out_frames)
+    n_images = check_clean(payload, expected)
     h, w = img.frames[0].shape[:2]
-    return ImageOutcome(payload, img.format, found, w, h)
+    return ImageOutcome(payload, img.format, found, w, h, n_images)
