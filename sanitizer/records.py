@@ -83,6 +83,9 @@ class FileResult:
     audio_kept: bool = False
     dropped_packets: int = 0
     worker: str = ""
+    # perceptual hash of the source (16 hex; videos: a few keyframes, space-separated), for
+    # `sanitizer audit find --like` (sanitizer/phash.py); "" when not computed
+    phash: str = ""
 
     def to_row(self) -> dict[str, Any]:
         return asdict(self)
@@ -157,6 +160,7 @@ FILES_SCHEMA = pa.schema(
         ("audio_kept", pa.bool_()),
         ("dropped_packets", pa.int64()),
         ("worker", pa.string()),
+        ("phash", pa.string()),
     ],
     metadata=_meta("files"),
 )
@@ -252,7 +256,41 @@ VERIFY_SCHEMA = pa.schema(
     metadata=_meta("verify"),
 )
 
-TIMESTAMP_COLUMNS = ("started", "finished")
+# `sanitizer erase` (GDPR Art. 17): one row per source erased on request (sanitizer/erase.py)
+ERASURES_SCHEMA = pa.schema(
+    [
+        ("schema_version", pa.int16()),
+        ("erasure_id", pa.string()),  # one `sanitizer erase` command
+        ("erased_at", pa.timestamp("ms", tz="UTC")),
+        ("key", pa.string()),  # source key; later runs skip it until --force
+        ("source_sha256", pa.string()),
+        ("output_uri", pa.string()),
+        ("output_sha256", pa.string()),
+        ("removed", pa.bool_()),  # an output existed at DST and was removed
+        ("matched_by", pa.string()),  # e.g. "key faces/*.jpg", "like 9f3a... (distance 2)"
+        ("reason", pa.string()),  # free text: who asked, the request's reference
+        ("runs", pa.string()),  # run ids that had processed the source, space-separated
+    ],
+    metadata=_meta("erasures"),
+)
+
+# `sanitizer review --import` (sanitizer/review.py): one row per verdict of a person
+REVIEWS_SCHEMA = pa.schema(
+    [
+        ("schema_version", pa.int16()),
+        ("review_id", pa.string()),  # one review page
+        ("reviewed_at", pa.timestamp("ms", tz="UTC")),
+        ("key", pa.string()),
+        ("run_id", pa.string()),  # the run whose output was reviewed
+        ("output_sha256", pa.string()),
+        ("verdict", pa.string()),  # fine | face_left
+        ("reviewer", pa.string()),
+        ("note", pa.string()),
+    ],
+    metadata=_meta("reviews"),
+)
+
+TIMESTAMP_COLUMNS = ("started", "finished", "erased_at", "reviewed_at")
 
 
 def to_table(rows: list[dict[str, Any]], schema: pa.Schema) -> pa.Table:
