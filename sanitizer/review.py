@@ -132,18 +132,22 @@ def page(dst: storage.Location, items: list[Sampled], seed: int) -> str:
 
 def _card(i: int, it: Sampled) -> str:
     img = base64.b64encode(it.thumb_jpeg).decode()
+    from sanitizer.verify import FAIL_SCORE
+
     boxes = "".join(
         f'<rect class="face" x="{x:.1f}" y="{y:.1f}" width="{w:.1f}" height="{h:.1f}"/>'
         for x, y, w, h in it.faces
     ) + "".join(
-        f'<rect class="residual" x="{x:.1f}" y="{y:.1f}" width="{w:.1f}" height="{h:.1f}">'
-        f"<title>verify residual, score {s:.2f}</title></rect>"
+        f'<rect class="{"residual" if s >= FAIL_SCORE else "suspect"}" x="{x:.1f}" y="{y:.1f}" '
+        f'width="{w:.1f}" height="{h:.1f}"><title>verify residual, score {s:.2f}</title></rect>'
         for x, y, w, h, s in it.residuals
     )
     key = html.escape(it.key)
-    warn = (
-        f'<span class="warn">{len(it.residuals)} verify residual(s)</span>' if it.residuals else ""
-    )
+    left = sum(s >= FAIL_SCORE for *_, s in it.residuals)
+    warn = f'<span class="warn">{left} face(s) left per verify</span>' if left else ""
+    if len(it.residuals) > left:
+        warn += f' <span class="suspects">{len(it.residuals) - left} suspect(s)</span>'
+
     return f"""<figure class="item" data-key="{key}" data-run="{html.escape(it.run_id)}" data-sha="{it.output_sha256}">
   <div class="thumb"><img class="thumbnail" alt="{key}" src="data:image/jpeg;base64,{img}">
   <svg viewBox="0 0 {it.width} {it.height}" preserveAspectRatio="none">{boxes}</svg></div>
@@ -160,20 +164,21 @@ _PAGE = """<!DOCTYPE html>
 <title>{title}</title>
 <style>
 body {{ font: 14px sans-serif; margin: 1em; }}
-.grid {{ display: flex; flex-wrap: wrap; gap: 12px; }}
+.grid {{ display: flex; flex-wrap: wrap; gap: 12px; align-items: flex-start; }}
 figure.item {{ margin: 0; padding: 6px; border: 1px solid #ccc; width: 372px; }}
 .thumb {{ position: relative; line-height: 0; }}
 .thumb img {{ width: 100%; height: auto; display: block; }}
 .thumb svg {{ position: absolute; left: 0; top: 0; width: 100%; height: 100%; }}
 rect.face {{ fill: none; stroke: #00c853; stroke-width: 2px; vector-effect: non-scaling-stroke; }}
 rect.residual {{ fill: rgba(255,0,0,0.25); stroke: red; stroke-width: 3px; vector-effect: non-scaling-stroke; }}
-.warn {{ color: #c00; font-weight: bold; }}
+rect.suspect {{ fill: none; stroke: orange; stroke-width: 1.5px; stroke-dasharray: 3 2; vector-effect: non-scaling-stroke; }}
+.warn {{ color: #c00; font-weight: bold; }} .suspects {{ color: #b60; }}
 figure.fine {{ border-color: #00c853; }} figure.face_left {{ border-color: red; background: #fee; }}
 </style></head>
 <body>
 <h1>Review of {dst}</h1>
 <p>{n} outputs drawn at random (seed {seed}). Green outlines: regions the run redacted; red:
-faces <code>sanitizer verify</code> found outside them. Mark each file, then
+faces <code>sanitizer verify</code> found outside them (dashed orange: weaker suspects). Mark each file, then
 <button id="export">download verdicts (JSON)</button> and record them with
 <code>sanitizer review DST --import verdicts.json</code>.
 Reviewer: <input id="reviewer" type="text" placeholder="your name"></p>
