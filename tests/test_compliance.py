@@ -21,6 +21,7 @@ from PIL import Image
 from sanitizer import audit, phash, storage
 from sanitizer.config import Config
 from tests.conftest import run_cli
+from tests.servers import s3_server  # noqa: F401 - fixture
 
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "camera", "hubble_deep_field")
 
@@ -128,8 +129,11 @@ def test_default_yaml_record_matches_config():
 
 
 def make_dst(root: Path, names=PHOTOS, run_id="r1") -> storage.Location:
+    return make_dst_at(storage.location(str(root)), names, run_id)
+
+
+def make_dst_at(dst: storage.Location, names=PHOTOS, run_id="r1") -> storage.Location:
     """Outputs and audit rows as a run would leave them (the 'redaction' is a grey square)."""
-    dst = storage.location(str(root))
     files, dets = [], []
     now = time.time()
     for i, name in enumerate(names):
@@ -436,3 +440,37 @@ def test_cli_record_warning_and_require_record(tmp_path):
     assert loose.returncode == 0
     warnings = [x for x in loose.stderr.splitlines() if "warning" in x]
     assert len(warnings) == 1 and "record.legal_basis" in warnings[0]
+
+
+# --- an object-store DST ---------------------------------------------------------------------
+
+
+@pytest.mark.integration
+def test_find_erase_export_review_on_s3(s3_server, tmp_path):  # noqa: F811
+    import uuid
+
+    import yaml
+
+    bucket = f"b-{uuid.uuid4().hex[:10]}"
+    s3_server.fs().mkdir(bucket)
+    url = f"s3://{bucket}/clean"
+    make_dst_at(storage.location(url, s3_server.storage_options), ("astronaut", "coffee", "rocket"))
+    cfg = tmp_path / "s3.yaml"
+    cfg.write_text(yaml.safe_dump({"output": {"storage_options": s3_server.storage_options}}))
+    me = tmp_path / "me.jpg"
+    me.write_bytes(near_copy(photo("rocket")))
+    found = run_cli("audit", "find", url, "--like", str(me), "--json", "--config", str(cfg))
+    assert found.returncode == 0, found.stderr
+    assert [s["key"] for s in json.loads(found.stdout)["sources"]] == ["people/rocket.jpg"]
+    gone = run_cli("erase", url, "--like", str(me), "--reason", "r", "--config", str(cfg))
+    assert gone.returncode == 0, gone.stderr
+    fs = s3_server.fs()
+    assert not fs.exists(f"{bucket}/clean/people/rocket.jpg")
+    assert fs.exists(f"{bucket}/clean/people/coffee.jpg")
+    out = tmp_path / "export"
+    exp = run_cli("audit", "export", url, "--out", str(out), "--config", str(cfg))
+    assert exp.returncode == 0 and len(pd.read_csv(out / "erasures.csv")) == 1
+    page = tmp_path / "r.html"
+    rev = run_cli("review", url, "--sample", "5", "--out", str(page), "--config", str(cfg))
+    assert rev.returncode == 0, rev.stderr
+    assert page.read_text().count('class="thumbnail"') == 2  # the erased output is not drawn
