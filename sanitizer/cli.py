@@ -479,7 +479,7 @@ MaxDistanceOpt = Annotated[
     int | None,
     typer.Option(
         "--max-distance",
-        help="--like: perceptual-hash bits that may differ (default 10 of 64).",
+        help="--like: perceptual-hash bits that may differ (default 8 of 64).",
     ),
 ]
 

@@ -20,7 +20,9 @@ import numpy as np
 HASH_SIDE = 32  # grey thumbnail the DCT runs on
 LOW = 8  # the LOW x LOW lowest frequencies make the 64 bits
 VIDEO_KEYFRAMES = 6  # frames hashed per video, spread over its duration
-DEFAULT_MAX_DISTANCE = 10  # bits; re-encoded/resized copies measured 0-6, other photos ~20-40
+# bits; copies resized to 0.3-0.6x and re-encoded at JPEG q40-60 were at most 6 bits from their
+# source, other photos at least 10 (BENCHMARKS.md "Finding a photo", benchmarks/phash_like.py)
+DEFAULT_MAX_DISTANCE = 8
 
 
 def of_array(rgb: np.ndarray) -> str:
@@ -30,6 +32,10 @@ def of_array(rgb: np.ndarray) -> str:
     arr = np.asarray(rgb)
     if arr.dtype != np.uint8:  # e.g. 16-bit PNG
         arr = (arr.astype(np.float32) * (255.0 / max(1, int(arr.max())))).astype(np.uint8)
+    # every k-th pixel of a big image first (a 12 MP photo: 85 -> ~2 ms); the area resize
+    # below still averages >= 8x8 of those per thumbnail pixel
+    step = max(1, min(arr.shape[:2]) // (HASH_SIDE * 8))
+    arr = arr[::step, ::step]
     grey = cv2.cvtColor(arr[:, :, :3], cv2.COLOR_RGB2GRAY) if arr.ndim == 3 else arr
     small = cv2.resize(grey, (HASH_SIDE, HASH_SIDE), interpolation=cv2.INTER_AREA)
     freq = cv2.dct(small.astype(np.float32))[:LOW, :LOW].flatten()
