@@ -44,6 +44,7 @@ class _RunOutput:
 
     quiet = False
     json = False
+    record_warning = ""  # printed once the plan stands (a bad SRC/DST stays a one-line error)
 
 
 def _note(text: str) -> None:
@@ -183,10 +184,12 @@ def _print_plan(plan) -> None:
             f"  {len(plan.previous)} files were published by earlier runs with this config; "
             "unchanged ones are skipped (--force to redo)"
         )
+    if _RunOutput.record_warning and not _RunOutput.quiet:  # compliance (issue 14)
+        err.print(f"[yellow]warning:[/] {_RunOutput.record_warning}", highlight=False)
     if plan.erased:  # compliance (issue 14)
         out.print(
-            f"  {len(plan.erased)} files were erased on request (sanitizer erase) and are "
-            "skipped (--force to publish them again)"
+            f"  skipped as erased on request (sanitizer erase): {_count(len(plan.erased), 'file')} "
+            "(--force to publish them again)"
         )
 
 
@@ -366,7 +369,8 @@ def run(
 
 
 def _check_record(cfg, require: bool) -> None:
-    """An incomplete record of processing: one warning line, or exit 2 when it is required."""
+    """An incomplete record of processing: exit 2 when it is required, else a warning that
+    `_print_plan` prints."""
     from sanitizer import record
 
     text = record.warning(cfg)
@@ -377,8 +381,7 @@ def _check_record(cfg, require: bool) -> None:
             f"no {', '.join(record.missing(cfg))} in the config's `record` section, which "
             f"{'--require-record' if require else 'record.required: true'} makes mandatory; nothing was processed"
         )
-    if not _RunOutput.quiet:
-        err.print(f"[yellow]warning:[/] {text}", highlight=False, soft_wrap=True)
+    _RunOutput.record_warning = text
 
 
 @app.command("manifest")
