@@ -329,10 +329,11 @@ def test_review_page_renders_in_headless_chromium(tmp_path):
     n = 5
     page = tmp_path / "review.html"
     page.write_text(review.page(dst, review.sample(dst, n, seed=3), 3), encoding="utf-8")
-    dom = _headless(exe, "--dump-dom", page.as_uri())
+    dom = _headless(exe, "--enable-logging=stderr", "--v=0", "--dump-dom", page.as_uri())
     assert dom.returncode == 0, dom.stderr[-2000:]
     assert dom.stdout.count('class="thumbnail"') == n
     assert dom.stdout.count('src="data:image/jpeg;base64,') == n
+    assert "Uncaught" not in dom.stderr, dom.stderr[-2000:]  # the page's script runs cleanly
     shot = tmp_path / "shot.png"
     res = _headless(exe, f"--screenshot={shot}", "--window-size=1280,2000", page.as_uri())
     assert res.returncode == 0 and shot.is_file(), res.stderr[-2000:]
@@ -474,3 +475,39 @@ def test_find_erase_export_review_on_s3(s3_server, tmp_path):  # noqa: F811
     rev = run_cli("review", url, "--sample", "5", "--out", str(page), "--config", str(cfg))
     assert rev.returncode == 0, rev.stderr
     assert page.read_text().count('class="thumbnail"') == 2  # the erased output is not drawn
+
+
+@pytest.mark.integration
+def test_review_page_exports_verdicts_that_import_records(tmp_path):
+    """A person marks two files and presses the button: the page's own script builds the JSON
+    (captured instead of downloaded), and `import_verdicts` records it."""
+    import html as html_mod
+    import re
+
+    from sanitizer import review
+
+    exe = _chromium()
+    dst = make_dst(tmp_path / "dst")
+    text = review.page(dst, review.sample(dst, 3, seed=1), 1)
+    clicks = """<script>
+window.Blob = function (parts) { document.body.setAttribute("data-exported", parts.join("")); };
+URL.createObjectURL = function () { return "about:blank"; };
+HTMLAnchorElement.prototype.click = function () {};
+document.getElementById("reviewer").value = "QA 1";
+var radios = document.querySelectorAll("input[type=radio]");
+radios[0].click(); radios[3].click();
+document.querySelectorAll("input.note")[1].value = "ear left";
+document.getElementById("export").click();
+</script></body>"""
+    page = tmp_path / "clicked.html"
+    page.write_text(text.replace("</body>", clicks), encoding="utf-8")
+    dom = _headless(exe, "--enable-logging=stderr", "--v=0", "--dump-dom", page.as_uri())
+    assert "Uncaught" not in dom.stderr, dom.stderr[-2000:]
+    exported = html_mod.unescape(re.search(r'data-exported="([^"]*)"', dom.stdout).group(1))
+    doc = json.loads(exported)
+    assert doc["reviewer"] == "QA 1" and doc["seed"] == 1
+    assert [v["verdict"] for v in doc["verdicts"]] == ["fine", "face_left"]
+    assert doc["verdicts"][1]["note"] == "ear left"
+    rows = review.import_verdicts(dst, exported, "verdicts.json")
+    assert [r["verdict"] for r in rows] == ["fine", "face_left"]
+    assert audit.read(dst, "reviews").review_id.nunique() == 1
