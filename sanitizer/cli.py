@@ -446,7 +446,7 @@ class _AuditGroup(TyperGroup):
     before the audit command became a group."""
 
     def parse_args(self, ctx, args: list[str]) -> list[str]:
-        if args and not args[0].startswith("-") and args[0] not in self.commands:
+        if args and args[0] not in self.commands and args[0] not in ("--help", "-h"):
             args = ["summary", *args]
         return super().parse_args(ctx, args)
 
