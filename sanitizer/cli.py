@@ -44,7 +44,7 @@ class _RunOutput:
 
     quiet = False
     json = False
-    record_warning = ""  # printed once the plan stands (a bad SRC/DST stays a one-line error)
+    record_warning = ""  # printed once a run (or dry run) finished: an error stays one line
 
 
 def _note(text: str) -> None:
@@ -184,8 +184,6 @@ def _print_plan(plan) -> None:
             f"  {len(plan.previous)} files were published by earlier runs with this config; "
             "unchanged ones are skipped (--force to redo)"
         )
-    if _RunOutput.record_warning and not _RunOutput.quiet:  # compliance (issue 14)
-        err.print(f"[yellow]warning:[/] {_RunOutput.record_warning}", highlight=False)
     if plan.erased:  # compliance (issue 14)
         out.print(
             f"  skipped as erased on request (sanitizer erase): {_count(len(plan.erased), 'file')} "
@@ -226,6 +224,7 @@ def _run_job(plan, cfg, dry_run: bool, local) -> int:
         out.print(table)
         if len(plan.items) > 50:
             out.print(f"  … and {len(plan.items) - 50} more")
+        _warn_record()  # compliance (issue 14)
         return EXIT_OK
     progress = _progress()
     task = progress.add_task("sanitizing", total=sum(len(s) for s in plan.shards))
@@ -264,8 +263,15 @@ def _run_job(plan, cfg, dry_run: bool, local) -> int:
     out.print(f"outputs: {summary.destination}")
     out.print(f"audit:   {summary.audit_uri}  (pandas.read_parquet('{summary.audit_uri}/files'))")
     code = EXIT_FAILED_FILES if summary.n_failed else EXIT_OK
+    _warn_record()  # compliance (issue 14)
     _print_run_json(plan, summary, code)  # compliance (issue 14): run --json
     return code
+
+
+def _warn_record() -> None:
+    """The one-line warning about an incomplete record of processing (see _check_record)."""
+    if _RunOutput.record_warning and not _RunOutput.quiet:
+        err.print(f"[yellow]warning:[/] {_RunOutput.record_warning}", highlight=False)
 
 
 def _print_run_json(plan, summary, code: int) -> None:
@@ -370,7 +376,7 @@ def run(
 
 def _check_record(cfg, require: bool) -> None:
     """An incomplete record of processing: exit 2 when it is required, else a warning that
-    `_print_plan` prints."""
+    `_warn_record` prints at the end of the run."""
     from sanitizer import record
 
     text = record.warning(cfg)

@@ -98,7 +98,9 @@ def of_video(path: str, n: int = VIDEO_KEYFRAMES) -> str:
                 elif i:
                     break
                 for frame in container.decode(stream):
-                    h = of_array(frame.to_ndarray(format="rgb24"))
+                    rgb = frame.to_ndarray(format="rgb24")
+                    turns = int(round(float(getattr(frame, "rotation", 0) or 0) / 90.0)) % 4
+                    h = of_array(np.rot90(rgb, turns) if turns else rgb)  # upright, as a photo
                     if h not in hashes:
                         hashes.append(h)
                     break

@@ -26,6 +26,7 @@ from sanitizer import audit, storage
 from sanitizer.errors import SanitizerError
 
 THUMB_SIDE = 360  # px, long side of a thumbnail
+VIDEO_SCAN_FRAMES = 300  # a video is shown at its frame with most faces among its first these
 VERDICTS = ("fine", "face_left")
 
 
@@ -43,12 +44,15 @@ class Sampled:
     thumb_jpeg: bytes
     faces: list[tuple[float, float, float, float]]  # x, y, w, h in output pixels
     residuals: list[tuple[float, float, float, float, float]]  # x, y, w, h, score
+    frame: int = 0  # the video frame shown (0 for images)
+    kind: str = "image"
 
 
 def candidates(dst: storage.Location) -> Any:
-    """The latest `ok` files row of every image whose output is at DST (not erased since)."""
+    """The latest `ok` files row of every image and video whose output is at DST (not erased
+    since)."""
     files = audit.read(dst, "files")
-    ok = files[(files.status == "ok") & (files.kind == "image")]
+    ok = files[(files.status == "ok") & files.kind.isin(["image", "video"])]
     latest = ok.sort_values("finished").groupby("key").tail(1)
     erasures = audit.read(dst, "erasures")
     if not erasures.empty:
@@ -71,28 +75,34 @@ def sample(dst: storage.Location, n: int, seed: int) -> list[Sampled]:
     rows = candidates(dst)
     rows = rows[[storage.exists(dst, k) for k in rows.key]]
     if rows.empty:
-        raise ReviewError(f"{dst.url}: no published image to review")
+        raise ReviewError(f"{dst.url}: no published image or video to review")
     picked = sorted(random.Random(seed).sample(list(rows.index), min(n, len(rows))))
     dets = audit.read(dst, "detections")
     verify = audit.read(dst, "verify")
     out = []
     for i in picked:
         r = rows.loc[i]
-        data = storage.read_bytes(dst, r.key)
+        of_file = dets[(dets.key == r.key) & (dets.run_id == r.run_id)]
+        frame = 0
         try:
-            im = Image.open(io.BytesIO(data))
-            im.seek(0)
+            if r.kind == "video":
+                frame = _busiest_frame(of_file.frame)
+                im = _video_frame(dst, r.key, frame)
+            else:
+                im = Image.open(io.BytesIO(storage.read_bytes(dst, r.key)))
+                im.seek(0)
             width, height = im.size
             im = im.convert("RGB")
             im.thumbnail((THUMB_SIDE, THUMB_SIDE))
             buf = io.BytesIO()
             im.save(buf, "JPEG", quality=80)
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, EOFError) as exc:
             raise ReviewError(f"{r.key}: cannot read the output ({exc})") from None
-        mine = dets[(dets.key == r.key) & (dets.run_id == r.run_id) & (dets.frame == 0)]
+        mine = of_file[of_file.frame == frame]
         left = verify[
             (verify.key == r.key)
             & (verify.status == "residual")
+            & (verify.frame.isin([frame, -1]) if r.kind == "video" else True)
             & (verify.checked_run_id.isin([r.run_id, ""]))
         ]
         if not left.empty:  # the latest verify pass only
@@ -109,10 +119,34 @@ def sample(dst: storage.Location, n: int, seed: int) -> list[Sampled]:
                 [
                     (float(v.x), float(v.y), float(v.w), float(v.h), float(v.score))
                     for v in left.itertuples()
+                    if r.kind == "image" or v.frame == frame
                 ],
+                frame,
+                r.kind,
             )
         )
     return out
+
+
+def _busiest_frame(frames) -> int:
+    """The frame with most face boxes among the first VIDEO_SCAN_FRAMES (0 when none)."""
+    early = frames[frames < VIDEO_SCAN_FRAMES]
+    return int(early.value_counts().sort_index().idxmax()) if len(early) else 0
+
+
+def _video_frame(dst: storage.Location, key: str, index: int):
+    """Frame `index` of a published video as a PIL image (as stored, like the boxes)."""
+    import av
+
+    with storage.local_copy(dst, key) as (path, _):
+        try:
+            with av.open(path) as c:
+                for i, frame in enumerate(c.decode(video=0)):
+                    if i == index:
+                        return frame.to_image()
+        except (av.FFmpegError, IndexError) as exc:
+            raise ValueError(f"cannot decode the video: {exc}") from None
+    raise ValueError(f"the video has no frame {index}")
 
 
 def page(dst: storage.Location, items: list[Sampled], seed: int) -> str:
@@ -148,10 +182,11 @@ def _card(i: int, it: Sampled) -> str:
     if len(it.residuals) > left:
         warn += f' <span class="suspects">{len(it.residuals) - left} suspect(s)</span>'
 
+    where = f" &middot; frame {it.frame}" if it.kind == "video" else ""
     return f"""<figure class="item" data-key="{key}" data-run="{html.escape(it.run_id)}" data-sha="{it.output_sha256}">
   <div class="thumb"><img class="thumbnail" alt="{key}" src="data:image/jpeg;base64,{img}">
   <svg viewBox="0 0 {it.width} {it.height}" preserveAspectRatio="none">{boxes}</svg></div>
-  <figcaption><code>{key}</code> &middot; {len(it.faces)} redacted region(s) {warn}<br>
+  <figcaption><code>{key}</code>{where} &middot; {len(it.faces)} redacted region(s) {warn}<br>
   <label><input type="radio" name="v{i}" value="fine"> looks fine</label>
   <label><input type="radio" name="v{i}" value="face_left"> face left</label>
   <input class="note" type="text" placeholder="note (optional)"></figcaption>

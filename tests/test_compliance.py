@@ -511,3 +511,32 @@ document.getElementById("export").click();
     rows = review.import_verdicts(dst, exported, "verdicts.json")
     assert [r["verdict"] for r in rows] == ["fine", "face_left"]
     assert audit.read(dst, "reviews").review_id.nunique() == 1
+
+
+def test_review_shows_a_video_at_its_busiest_frame(tmp_path):
+    import av
+
+    from sanitizer import review
+
+    dst = make_dst(tmp_path / "dst", ("astronaut",))
+    path = tmp_path / "clip.mp4"
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("libx264", rate=10)
+        s.width, s.height, s.pix_fmt = 128, 96, "yuv420p"
+        for i in range(12):
+            arr = np.full((96, 128, 3), 20 * i, np.uint8)
+            c.mux(s.encode(av.VideoFrame.from_ndarray(arr, format="rgb24")))
+        c.mux(s.encode())
+    storage.put_file(dst, "clips/a.mp4", str(path))
+    files = audit.read(dst, "files").iloc[[0]].copy()
+    files["key"], files["kind"], files["phash"] = "clips/a.mp4", "video", ""
+    rows = files.drop(columns=["schema_version"]).to_dict(orient="records")
+    for r in rows:
+        r["started"] = r["finished"] = time.time() - 50
+    audit.write_part(dst, "files", "r1-000002", rows)
+    box = dict(run_id="r1", key="clips/a.mp4", t_ms=0.0, x=10.0, y=10.0, w=20.0, h=20.0)
+    dets = [dict(box, frame=f, score=0.9, track_id=1, detected=True) for f in (3, 7, 7)]
+    audit.write_part(dst, "detections", "r1-000002", dets)
+    (clip,) = [s for s in review.sample(dst, 5, seed=0) if s.kind == "video"]
+    assert clip.frame == 7 and len(clip.faces) == 2 and (clip.width, clip.height) == (128, 96)
+    assert "frame 7" in review.page(dst, [clip], 0)
