@@ -16,8 +16,10 @@ from sanitizer import storage
 from sanitizer.errors import StorageError
 from sanitizer.records import (
     DETECTIONS_SCHEMA,
+    ERASURES_SCHEMA,
     FILES_SCHEMA,
     MANIFEST_SCHEMA,
+    REVIEWS_SCHEMA,
     RUNS_SCHEMA,
     VERIFY_SCHEMA,
     to_table,
@@ -33,6 +35,8 @@ SCHEMAS = {
     "runs": RUNS_SCHEMA,
     "manifest": MANIFEST_SCHEMA,
     "verify": VERIFY_SCHEMA,
+    "erasures": ERASURES_SCHEMA,  # sanitizer erase (erase.py)
+    "reviews": REVIEWS_SCHEMA,  # sanitizer review --import (review.py)
 }
 
 

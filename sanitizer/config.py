@@ -163,20 +163,24 @@ class ExecutionConfig:
 
 @dataclass(slots=True)
 class RecordConfig:
-    """GDPR Art. 30 record-of-processing fields written to every run row."""
+    """GDPR Art. 30 record-of-processing fields written to every run row.
+
+    Only the controller can state them: every field is empty until configured (the run row's
+    `security_measures` adds what the tool itself did, see sanitizer/record.py)."""
 
     controller: str = ""
     dpo_contact: str = ""
-    purpose: str = "Removal of personal data (faces) from media collected for trend analysis"
-    legal_basis: str = "GDPR Art. 6(1)(f) legitimate interests; data minimisation Art. 5(1)(c)"
-    data_categories: str = "Images and video of natural persons (faces)"
-    data_subjects: str = "People appearing in collected social-media media"
+    purpose: str = ""
+    legal_basis: str = ""
+    data_categories: str = ""
+    data_subjects: str = ""
     recipients: str = ""
-    retention: str = "Originals deleted after sanitisation; redacted outputs kept"
-    transfers: str = "none"
-    security_measures: str = (
-        "Irreversible face redaction; metadata stripped; fail-closed publishing"
-    )
+    retention: str = ""
+    transfers: str = ""
+    security_measures: str = ""  # the controller's own measures, beyond what the tool did
+    # true: `run` exits 2 before processing anything while controller, purpose or
+    # legal_basis is empty (same as `run --require-record`)
+    required: bool = False
 
 
 @dataclass(slots=True)

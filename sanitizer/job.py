@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sanitizer import __version__, audit, manifest, storage
+from sanitizer import __version__, audit, erase, manifest, storage
+from sanitizer import record as record_of_processing
 from sanitizer.config import Config
 from sanitizer.errors import StorageError
 from sanitizer.records import MediaItem, RunRecord
@@ -40,6 +41,7 @@ class Plan:
     workers: int
     scheduler: str
     previous: dict[str, str] = field(default_factory=dict)  # key -> source sha256 already published
+    erased: dict[str, str] = field(default_factory=dict)  # key -> skip reason (erase.py)
 
     def counts(self) -> dict[str, int]:
         out = {"image": 0, "video": 0, "other": 0}
@@ -94,8 +96,10 @@ def plan(src_url: str, dst_url: str, cfg: Config, on_event: Event = _noop) -> Pl
         src, include_hidden=cfg.input.include_hidden, with_hash=False, trust_extensions=True
     )
     workers = cfg.execution.workers or os.cpu_count() or 1
+    # compliance (issue 14): sources erased on request are not processed again (until --force)
+    erased = erase.held_back(dst, items, cfg.execution.skip_unchanged)
     shards = shard(
-        [i for i in items if i.kind != "other"],
+        [i for i in items if i.kind != "other" and i.key not in erased],
         workers,
         cfg.execution.shard_bytes,
         cfg.execution.shard_files,
@@ -105,7 +109,9 @@ def plan(src_url: str, dst_url: str, cfg: Config, on_event: Event = _noop) -> Pl
         # of CPU to start: on a one-video run that is CPU the video itself needs)
         workers = max(1, min(workers, len(shards)))
     previous = published(dst, cfg.fingerprint()) if cfg.execution.skip_unchanged else {}
-    return Plan(new_run_id(), src, dst, items, shards, workers, cfg.execution.scheduler, previous)
+    return Plan(
+        new_run_id(), src, dst, items, shards, workers, cfg.execution.scheduler, previous, erased
+    )
 
 
 def published(dst: storage.Location, fingerprint: str) -> dict[str, str]:
@@ -238,6 +244,8 @@ def _run(
     others = [i for i in p.items if i.kind == "other"]
     if others:
         record([process_item(i, ctx) for i in others], f"{p.run_id}-skipped")
+    if p.erased:  # compliance (issue 14): a `skipped: erased on ...` row per erased source
+        record(erase.skipped_rows(p.items, p.erased, ctx), f"{p.run_id}-erased")
     total = sum(len(s) for s in p.shards)
     on_event("start", total=total, workers=p.workers, shards=len(p.shards), scheduler=p.scheduler)
     done = parts = 0
@@ -312,7 +320,10 @@ def _write_run(p: Plan, cfg: Config, detector, s: Summary, started: float, statu
         recipients=rec.recipients,
         retention=rec.retention,
         transfers=rec.transfers,
-        security_measures=rec.security_measures,
+        # compliance (issue 14): what the tool did, then the controller's own measures
+        security_measures=record_of_processing.security_measures(
+            cfg, detector.name, detector.model_sha256
+        ),
         host=socket.gethostname(),
         scheduler=p.scheduler or "embedded LocalCluster",
         status=status,

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sanitizer import storage
+from sanitizer import phash, storage
 from sanitizer.config import Config
 from sanitizer.errors import SanitizerError, StorageError
 from sanitizer.manifest import HEAD_BYTES, sniff
@@ -243,14 +243,17 @@ def _process_image(item: MediaItem, ctx: Context, res: FileResult) -> list[dict[
     _sniffed(item, data)
     res.source_sha256 = hashlib.sha256(data).hexdigest()
     _skip_if_unchanged(item, ctx, res.source_sha256)
+    # compliance (issue 14): the detector wrapper hashes the decoded source (phash.py)
+    hashing = phash.HashingDetector(ctx.detector)
     out = image.sanitize(
         data,
-        ctx.detector,
+        hashing,
         ctx.params,
         opts=image.EncodeOptions.from_config(ctx.cfg.output),
         limits=limits,
     )
     res.n_images = out.n_images
+    res.phash = hashing.hash
     rows = []
     for frame, t_ms, faces in out.detections:
         rows += detection_rows(ctx.run_id, item.key, frame, t_ms, faces)
@@ -276,6 +279,7 @@ def _process_video(item: MediaItem, ctx: Context, res: FileResult) -> list[dict[
         suffix = os.path.splitext(item.key)[1]
         if not suffix or len(suffix.encode("utf-8", "surrogateescape")) > 16:
             suffix = f".{item.format}"  # the temporary output's name stays short
+        res.phash = phash.of_video(src_path)  # compliance (issue 14): keyframe hashes
         with tempfile.TemporaryDirectory(prefix="sanitizer-out-") as tmp:
             out_path = os.path.join(tmp, "out" + suffix)
             out = video.sanitize(

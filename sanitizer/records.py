@@ -87,6 +87,9 @@ class FileResult:
     worker: str = ""
     raw_key: str = ""  # the key's exact bytes, percent-encoded (`key` escapes non-UTF-8 bytes)
     n_images: int = 0  # images written to the output (every frame/page of a multi-image file)
+    # perceptual hash of the source (16 hex; videos: a few keyframes, space-separated), for
+    # `sanitizer audit find --like` (sanitizer/phash.py); "" when not computed
+    phash: str = ""
 
     def to_row(self) -> dict[str, Any]:
         return asdict(self)
@@ -163,6 +166,7 @@ FILES_SCHEMA = pa.schema(
         ("worker", pa.string()),
         ("raw_key", pa.string()),
         ("n_images", pa.int64()),
+        ("phash", pa.string()),
     ],
     metadata=_meta("files"),
 )
@@ -259,7 +263,41 @@ VERIFY_SCHEMA = pa.schema(
     metadata=_meta("verify"),
 )
 
-TIMESTAMP_COLUMNS = ("started", "finished")
+# `sanitizer erase` (GDPR Art. 17): one row per source erased on request (sanitizer/erase.py)
+ERASURES_SCHEMA = pa.schema(
+    [
+        ("schema_version", pa.int16()),
+        ("erasure_id", pa.string()),  # one `sanitizer erase` command
+        ("erased_at", pa.timestamp("ms", tz="UTC")),
+        ("key", pa.string()),  # source key; later runs skip it until --force
+        ("source_sha256", pa.string()),
+        ("output_uri", pa.string()),
+        ("output_sha256", pa.string()),
+        ("removed", pa.bool_()),  # an output existed at DST and was removed
+        ("matched_by", pa.string()),  # e.g. "key faces/*.jpg", "like 9f3a... (distance 2)"
+        ("reason", pa.string()),  # free text: who asked, the request's reference
+        ("runs", pa.string()),  # run ids that had processed the source, space-separated
+    ],
+    metadata=_meta("erasures"),
+)
+
+# `sanitizer review --import` (sanitizer/review.py): one row per verdict of a person
+REVIEWS_SCHEMA = pa.schema(
+    [
+        ("schema_version", pa.int16()),
+        ("review_id", pa.string()),  # one review page
+        ("reviewed_at", pa.timestamp("ms", tz="UTC")),
+        ("key", pa.string()),
+        ("run_id", pa.string()),  # the run whose output was reviewed
+        ("output_sha256", pa.string()),
+        ("verdict", pa.string()),  # fine | face_left
+        ("reviewer", pa.string()),
+        ("note", pa.string()),
+    ],
+    metadata=_meta("reviews"),
+)
+
+TIMESTAMP_COLUMNS = ("started", "finished", "erased_at", "reviewed_at")
 
 
 def to_table(rows: list[dict[str, Any]], schema: pa.Schema) -> pa.Table:
