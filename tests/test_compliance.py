@@ -171,6 +171,8 @@ def make_dst_at(dst: storage.Location, names=PHOTOS, run_id="r1") -> storage.Loc
                 audio_kept=False,
                 dropped_packets=0,
                 worker="w",
+                raw_key=key,
+                n_images=1,
                 phash=phash.of_array(arr),
             )
         )
