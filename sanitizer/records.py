@@ -83,6 +83,7 @@ class FileResult:
     audio_kept: bool = False
     dropped_packets: int = 0
     worker: str = ""
+    precision: str = ""  # what the detector's model ran at on this worker: int8 | fp32 | ...
 
     def to_row(self) -> dict[str, Any]:
         return asdict(self)
@@ -157,6 +158,7 @@ FILES_SCHEMA = pa.schema(
         ("audio_kept", pa.bool_()),
         ("dropped_packets", pa.int64()),
         ("worker", pa.string()),
+        ("precision", pa.string()),
     ],
     metadata=_meta("files"),
 )

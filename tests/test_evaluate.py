@@ -192,18 +192,26 @@ def test_calibrate_on_synthetic_scores(
 # -- second-opinion vote (no model needed) ---------------------------------------------
 
 
-def _bare_detector(**kw):
-    from sanitizer.detect.centerface import CenterFaceDetector
+class _NoModel:
+    name, model_sha256 = "none", ""
 
-    det = object.__new__(CenterFaceDetector)
-    defaults = dict(vote_threshold=0.1, vote_passes=3, nms_iou=0.3, min_face=4)
-    for k, v in {**defaults, **kw}.items():
-        setattr(det, k, v)
-    return det
+    def infer(self, image, threshold):
+        return Detections.empty()
+
+
+def _bare_detector(**kw):
+    """The shipped default policy (vote of 3 passes here) over a model that is never run."""
+    from sanitizer.config import DetectConfig
+    from sanitizer.detect.policy import ScanDetector
+
+    cfg = DetectConfig()
+    for k, v in {"vote_passes": 3, **kw}.items():
+        setattr(cfg, k, v)
+    return ScanDetector(_NoModel(), cfg)
 
 
 def _cands(rows):
-    from sanitizer.detect.centerface import Candidates, Pass
+    from sanitizer.detect.policy import Candidates, Pass
 
     passes = [Pass("1x", 1, 0.2), Pass("2x", 2, 0.3), Pass("1x+flip", 1, 0.2, flip=True)]
     boxes = [r[1] for r in rows]
