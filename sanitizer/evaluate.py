@@ -442,6 +442,109 @@ def evaluate(
     return report
 
 
+OUTPUT_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+
+
+def _read_bgr(root: storage.Location, key: str) -> np.ndarray | None:
+    """A stored image as OpenCV reads it (the black-box scorer's reader), None if unreadable."""
+    try:
+        data = storage.read_bytes(root, key)
+    except (SanitizerError, OSError):
+        return None
+    return cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+
+
+def _output_key(out_root: storage.Location, key: str) -> str | None:
+    """The output of `key` under `out_root`: the same key, or the same stem with an image
+    suffix (outputs may be re-encoded to another format)."""
+    stem = key.rsplit(".", 1)[0] if "." in key.rsplit("/", 1)[-1] else key
+    for cand in (key, *(stem + ext for ext in OUTPUT_SUFFIXES)):
+        try:
+            if storage.exists(out_root, cand):
+                return cand
+        except (SanitizerError, OSError):
+            return None
+    return None
+
+
+def evaluate_outputs(gt: list[GTImage], images_root: str, outputs_root: str) -> EvalReport:
+    """Score what a run actually wrote (run it with `--method solid`): a face is protected when
+    >= 70% of its inscribed ellipse is black (max channel <= 24) in the output where the
+    original is bright, the rule of ../shared/tools/coverage.py, on the same pixels it reads.
+    A missing or resized output protects nothing. Detection columns are not measured."""
+    root, outs = storage.location(images_root), storage.location(outputs_root)
+    results: list[ImageResult] = []
+    faces: list[FaceResult] = []
+    failed: list[tuple[str, str]] = []
+    t0 = time.perf_counter()
+    for g in gt:
+        orig = _read_bgr(root, g.file)
+        if orig is None:
+            failed.append((g.file, "cannot read the original"))
+            continue
+        key = _output_key(outs, g.file)
+        out = _read_bgr(outs, key) if key else None
+        if out is None or out.shape != orig.shape:
+            out = orig  # nothing protected
+        masked = out.max(axis=2) <= DARK
+        bright = orig.max(axis=2) > BRIGHT
+        cov = face_coverage(masked, g.boxes, bright)
+        sides = np.sqrt(np.maximum(0, g.boxes[:, 2] * g.boxes[:, 3]))
+        h, w = bright.shape
+        for i in range(len(g.boxes)):
+            if g.boxes[i, 2] <= 0 or g.boxes[i, 3] <= 0:
+                continue  # coverage.py skips boxes without area
+            faces.append(
+                FaceResult(
+                    g.file,
+                    g.set,
+                    i,
+                    float(sides[i]),
+                    bucket_of(sides[i]),
+                    float(cov[i]),
+                    bool(cov[i] >= PROTECTED_AT),
+                    False,
+                    False,
+                )
+            )
+        results.append(
+            ImageResult(
+                g.file,
+                g.set,
+                w,
+                h,
+                len(g.boxes),
+                0,
+                0,
+                0,
+                [],
+                [],
+                [],
+                [],
+                float((masked & bright).mean()),
+                0.0,
+            )
+        )
+    seconds = time.perf_counter() - t0
+    negs = [r.masked_share for r in results if r.n_gt == 0]
+    rows = summarize(results, faces)
+    for r in rows:  # nothing detected here: detection columns do not apply
+        for k in list(r):
+            if k.startswith(("recall@", "precision@", "detections@")):
+                r[k] = None
+    return EvalReport(
+        config={"outputs": outputs_root},
+        rows=rows,
+        n_images=len(results),
+        n_negative=len(negs),
+        negatives_masked_share=float(np.mean(negs)) if negs else None,
+        images_per_s=0.0,
+        seconds=seconds,
+        failed=failed,
+        faces=faces,
+    )
+
+
 SLACK = 0.1  # calibration looks at thresholds down to (configured - SLACK)
 STEPS = np.round(np.arange(-SLACK, 0.5 + 1e-9, 0.02), 3)
 

@@ -342,3 +342,67 @@ def test_eval_cli_rejects_bad_input(tmp_path: Path, cli) -> None:
     bad.write_text("a.jpg\nxx\n")
     res = cli("eval", str(bad), str(tmp_path))
     assert res.returncode == 2 and "WIDER" in res.stderr
+
+
+# -- scoring a run's outputs: the black-box scorer's rule -------------------------------
+
+
+def _outputs_case(tmp_path: Path) -> tuple[Path, Path, Path]:
+    """Originals, solid-redacted outputs (some faces half-covered, one output missing, one
+    re-encoded as .jpg) and their ground truth, generated with a seeded generator."""
+    import cv2
+
+    rng = np.random.default_rng(11)
+    orig, out = tmp_path / "orig", tmp_path / "out"
+    images = []
+    for i in range(6):
+        h, w = 240, 320
+        im = rng.integers(60, 255, (h, w, 3), np.uint8)
+        red = im.copy()
+        boxes = []
+        for _ in range(0 if i == 5 else 4):
+            s = int(rng.integers(8, 70))
+            x, y = int(rng.integers(0, w - s)), int(rng.integers(0, h - s))
+            boxes.append([x, y, s, int(s * 1.2)])
+            cover = rng.choice([0.0, 0.5, 0.8, 1.3])  # share of the box blacked out, from the left
+            red[y : y + int(s * 1.2), x : x + int(s * cover)] = 0
+        if i == 5:
+            red[10:20, 10:40] = 0  # a false positive on the face-free photo
+        name = f"images/set/p{i}.png"
+        (orig / name).parent.mkdir(parents=True, exist_ok=True)
+        (out / name).parent.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(orig / name), im)
+        if i == 3:
+            cv2.imwrite(
+                str(out / name.replace(".png", ".jpg")), red, [cv2.IMWRITE_JPEG_QUALITY, 90]
+            )
+        elif i != 4:  # p4's output is missing
+            cv2.imwrite(str(out / name), red)
+        images.append({"file": name, "boxes": boxes, "set": "set" if boxes else "negative"})
+    gt = tmp_path / "gt.json"
+    gt.write_text(json.dumps({"images": images}))
+    return gt, orig, out
+
+
+def test_evaluate_outputs_equals_black_box_scorer(tmp_path: Path) -> None:
+    gt, orig, out = _outputs_case(tmp_path)
+    rep = ev.evaluate_outputs(ev.load_ground_truth(gt), str(orig), str(out))
+    rows = {r["bucket"]: r for r in rep.rows}
+    assert rows["all"]["faces"] == 20 and 0 < rows["all"]["protected"] < 20
+    tool = Path(__file__).resolve().parents[2] / "shared" / "tools" / "coverage.py"
+    if not tool.is_file():
+        pytest.skip("../shared/tools/coverage.py is not present")
+    res = tmp_path / "cov.json"
+    subprocess.run(
+        [sys.executable, str(tool), "--gt", str(gt), "--orig", str(orig), "--out", str(out)]
+        + ["--json", str(res)],
+        check=True,
+        capture_output=True,
+    )
+    theirs = json.loads(res.read_text())
+    for bucket in ev.ROWS:
+        key = f"all|{bucket}"
+        if key in theirs["rows"]:
+            assert rows[bucket]["protected"] == theirs["rows"][key]["protected"], bucket
+            assert rows[bucket]["faces"] == theirs["rows"][key]["faces"], bucket
+    assert round(rep.negatives_masked_share, 5) == theirs["negatives_masked_share"]
