@@ -182,6 +182,7 @@ VARIANTS: dict[str, dict] = {
     "+small1248": {**BEFORE, "upscale_min_side": 1248},
     "+small960": {**BEFORE, "upscale_min_side": 960},
     "+flip": {**BEFORE, "hflip": True},
+    "+aspect+flip": {**BEFORE, "aspect_wide": 1.5, "aspect_tall": 1.25, "hflip": True},
     "+aspect+small1248": {
         **BEFORE,
         "aspect_wide": 1.5,
@@ -225,6 +226,8 @@ def make_set(half: str, kind: str, halves: Path, work: Path) -> tuple[list, Path
 
     from sanitizer.evaluate import load_ground_truth
 
+    if kind in ("report", "tune"):  # the photos themselves, as `sanitizer eval` reads them
+        return load_ground_truth(halves / f"faces_{half}.json"), DATA
     root = work / f"{half}-{kind}"
     gt_path = root / "faces.json"
     if gt_path.is_file():
@@ -445,9 +448,41 @@ def calibrate(a) -> int:
             ge = [f.protected for f in fs if f.bucket != "<16"]
             cells.append(f"{pct(np.mean(ge))} / {pct(np.mean([f.protected for f in fs]))}")
         print(
-            f"| {thr['native']} | {thr['up']} | {thr['aspect']} | "
+            f"| {thr['native']} | {thr['up']} | {thr['aspect']} | {thr['vote']} | "
             + " | ".join(cells)
             + f" | {100 * np.mean(negs):.3f}% |"
+        )
+    return 0
+
+
+def timing(a) -> int:
+    """ms per photo of each variant without the pass cache, variants interleaved image by image
+    (A/B/A/B on a shared machine), per set: detection + mask, one inference thread."""
+    from sanitizer import evaluate as ev
+    from sanitizer.detect import get_detector
+
+    halves, work = Path(a.halves), Path(a.work)
+    variants = a.variants.split(",")
+    dets = {v: (detect_config(v), get_detector(detect_config(v).detect)) for v in variants}
+    print("| set | " + " | ".join(f"{v} ms/photo" for v in variants) + " |")
+    print("| --- " * (1 + len(variants)) + "|")
+    for kind in a.sets.split(","):
+        gt, root = make_set("report", kind, halves, work)
+        sroot = ev.storage.location(str(root))
+        spent = dict.fromkeys(variants, 0.0)
+        for i, g in enumerate(gt):
+            rgb = ev._read_rgb(sroot, g.file)
+            order = variants[i % len(variants) :] + variants[: i % len(variants)]
+            for v in order:
+                cfg, det = dets[v]
+                t0 = time.perf_counter()
+                found = det.detect(rgb)
+                ev._redaction_mask(found.boxes, *rgb.shape[:2], cfg.redact)
+                spent[v] += time.perf_counter() - t0
+        print(
+            f"| {kind} | "
+            + " | ".join(f"{1000 * spent[v] / max(1, len(gt)):.0f}" for v in variants)
+            + " |"
         )
     return 0
 
@@ -462,6 +497,7 @@ def main() -> int:
     ap.add_argument("--sets", default=",".join(SETS))
     ap.add_argument("--json", default="")
     ap.add_argument("--calibrate", action="store_true", help="search thresholds on the TUNE half")
+    ap.add_argument("--timing", action="store_true", help="ms/photo without cache, interleaved")
     ap.add_argument("--dev-tables", action="store_true", help="the older all-of-dev tables")
     ap.add_argument("--limit", type=int, default=None, help="--dev-tables: first N images only")
     ap.add_argument("--skip-irreversibility", action="store_true")
@@ -472,6 +508,8 @@ def main() -> int:
         return 2
     if a.calibrate:
         return calibrate(a)
+    if a.timing:
+        return timing(a)
     if not a.dev_tables:
         return validation(a)
     from sanitizer.evaluate import load_ground_truth
