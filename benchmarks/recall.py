@@ -172,11 +172,14 @@ BEFORE = {
     "upscale_min_side": 0,
     "aspect_wide": 0.0,
     "aspect_tall": 0.0,
+    "aspect_threshold": 0.25,
+    "aspect_square_tol": 0.02,
     "hflip": False,
 }
 VARIANTS: dict[str, dict] = {
     "before": BEFORE,
     "default": {},
+    "default+flip": {"hflip": True},
     "+aspect": {**BEFORE, "aspect_wide": 1.5, "aspect_tall": 1.25},
     "+aspect@1.5x": {**BEFORE, "aspect_wide": 1.5, "aspect_tall": 1.25, "aspect_scale": 1.5},
     "+small1248": {**BEFORE, "upscale_min_side": 1248},
@@ -423,21 +426,24 @@ def calibrate(a) -> int:
         return "aspect" if p.scale_y is not None else "up" if p.upscaled else "native"
 
     grid = {
-        "native": (0.15, 0.2, 0.25, 0.3),
-        "up": (0.2, 0.25, 0.3, 0.35),
-        "aspect": (0.2, 0.25, 0.3, 0.35, 0.4),
+        "native": (0.2, 0.25, 0.3),
+        "up": (0.25, 0.3, 0.35),
+        "aspect": (0.25, 0.3, 0.35, 0.45),
+        "vote": (0.1, 0.15, 0.2),
     }
     print(
-        "| native | upscaled | aspect | "
+        "| native | upscaled | aspect | vote | "
         + " | ".join(f"{k} >=16 / all" for k in a.sets.split(","))
         + " | face-free masked |"
     )
+    print("| --- " * (5 + len(a.sets.split(","))) + "|")
     for combo in itertools.product(*grid.values()):
         thr = dict(zip(grid, combo, strict=True))
+        det.vote_threshold = thr["vote"]
         per: dict[str, list] = {}
         negs = []
         for kind, g, bright, c in sweep:
-            need = np.array([thr[kind_of(c.passes[s])] for s in c.source], np.float32)
+            need = np.array([thr[kind_of(p)] for p in c.passes], np.float32)[c.source]
             dets = det.select(Candidates(c.dets, need, c.source, c.passes))
             res, fr, _ = ev.evaluate_image(g, bright, dets, cfg.redact)
             per.setdefault(kind, []).extend(fr)

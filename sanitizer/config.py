@@ -55,11 +55,14 @@ class DetectConfig:
     # thumbnails): also scan the image stretched `aspect_wide` times in width and `aspect_tall`
     # times in height, so squashed faces look like faces again (0 or 1 = no such pass). An
     # image is square when |width / height - 1| <= `aspect_square_tol`.
-    aspect_wide: float = 0.0
-    aspect_tall: float = 0.0
-    aspect_square_tol: float = 0.02
+    # 1.5 / 1.25 undo the squash of 3:2 landscapes / 4:5 portraits (BENCHMARKS.md, 2026-11-29).
+    aspect_wide: float = 1.5
+    aspect_tall: float = 1.25
+    aspect_square_tol: float = 0.01
     aspect_scale: float = 1.0  # zoom of the aspect-corrected passes (before the stretch)
-    aspect_threshold: float = 0.25  # score threshold of the aspect-corrected passes
+    # score threshold of the aspect-corrected passes (calibrated on the tune half); they do not
+    # vote (two stretched copies agree too often on the same stretched non-face)
+    aspect_threshold: float = 0.3
     # Very large images are also split into overlapping tiles of `tile_size` px at native scale.
     tile_above: int = 2400
     tile_size: int = 1280

@@ -45,6 +45,7 @@ class Pass:
     max_face: float = math.inf  # px in the original image; larger boxes are another pass's job
     upscaled: bool = False
     scale_y: float | None = None  # None: the same as `scale` (aspect ratio kept)
+    votes: bool = True  # takes part in the second-opinion vote
 
 
 @dataclass(slots=True)
@@ -192,7 +193,9 @@ class ScanDetector:
                 if stretch > 1:
                     sx, sy = (zoom * stretch, zoom) if wide else (zoom, zoom * stretch)
                     name = f"{'wide' if wide else 'tall'}{stretch:g}"
-                    out.append(Pass(name, sx, self.aspect_threshold, scale_y=sy))
+                    # no vote: with it, square face-free photos get masked (BENCHMARKS.md,
+                    # 2026-11-29); an aspect pass's box must reach aspect_threshold on its own
+                    out.append(Pass(name, sx, self.aspect_threshold, scale_y=sy, votes=False))
         if long_side > self.tile_above:
             out.append(Pass("tiles", 1.0, self.threshold, tiled=True))
         if self.hflip:
@@ -268,18 +271,18 @@ class ScanDetector:
 
     def select(self, cands: Candidates, delta: float = 0.0) -> Detections:
         """Keep boxes scoring at least their pass's threshold + `delta`, and weaker boxes
-        (>= vote_threshold + delta) that every one of `vote_passes` passes found (IoU >= 0.3);
+        (>= vote_threshold + delta) that `vote_passes` voting passes found (IoU >= 0.3);
         drop tiny ones; NMS. `delta` shifts every threshold (calibration)."""
         d = cands.dets
         if not len(d):
             return Detections.empty()
         keep = d.scores >= cands.need + delta
-        n_pass = len(cands.passes)
-        if self.vote_threshold > 0 and self.vote_passes >= 2 and n_pass >= self.vote_passes:
+        voters = [s for s, p in enumerate(cands.passes) if p.votes]
+        if self.vote_threshold > 0 and self.vote_passes >= 2 and len(voters) >= self.vote_passes:
             low = d.scores >= max(FLOOR, self.vote_threshold + delta)
             # one representative per face and pass (per-pass NMS), then count agreeing passes
             reps = []
-            for s in range(n_pass):
+            for s in voters:
                 idx = np.nonzero(low & (cands.source == s))[0]
                 reps.append(
                     idx[nms(d.boxes[idx], d.scores[idx], self.nms_iou)] if idx.size else idx
