@@ -243,6 +243,25 @@ def test_vote_keeps_weak_boxes_found_by_every_pass() -> None:
     assert len(_bare_detector().select(cands, delta=0.05)) == 1  # thresholds shifted up
 
 
+def test_aspect_passes_do_not_vote() -> None:
+    """A weak box that the native pass and an aspect-corrected pass both found is not kept:
+    on square face-free photos they agree on stretched non-faces (BENCHMARKS.md 2026-11-29)."""
+    from sanitizer.detect.policy import Candidates, Pass
+
+    passes = [Pass("1x", 1, 0.2), Pass("wide1.5", 1.5, 0.3, scale_y=1, votes=False)]
+    rows = [(0, [10, 10, 30, 30], 0.15), (1, [10, 10, 30, 30], 0.2), (1, [60, 60, 80, 80], 0.35)]
+    cands = Candidates(
+        Detections(np.array([r[1] for r in rows], float), np.array([r[2] for r in rows])),
+        np.array([passes[r[0]].threshold for r in rows], np.float32),
+        np.array([r[0] for r in rows], np.int16),
+        passes,
+    )
+    kept = _bare_detector(vote_passes=2).select(cands)
+    assert kept.boxes.tolist() == [[60, 60, 80, 80]]  # only the aspect box above its threshold
+    voting = Candidates(cands.dets, cands.need, cands.source, [passes[0], Pass("2x", 2, 0.3)])
+    assert len(_bare_detector(vote_passes=2).select(voting)) == 2  # the same boxes, voting
+
+
 # -- the real CLI on ../shared/data ----------------------------------------------------
 
 SUBSET = 14  # images of faces_dev.json used by the integration tests (the full set is a benchmark)
