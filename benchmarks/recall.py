@@ -319,8 +319,8 @@ def score(gt, root: Path, cfg, cache: CachingModel, scale_aspect: float = 1.0) -
         ev._redaction_mask(dets.boxes, *rgb.shape[:2], cfg.redact)
         wall = time.perf_counter() - t0
         busy += wall - (cache.spent - spent0) + (cache.charged - charged0)
-        bright = rgb.max(axis=2) > ev.BRIGHT
-        res, fr, _ = ev.evaluate_image(g, bright, dets, cfg.redact)
+        level = rgb.max(axis=2)
+        res, fr, _ = ev.evaluate_image(g, level > ev.BRIGHT, dets, cfg.redact, level <= ev.DARK)
         images.append(res)
         faces += fr
     rows = {r["bucket"]: r for r in ev.summarize(images, faces)}
@@ -419,7 +419,8 @@ def calibrate(a) -> int:
         sroot = ev.storage.location(str(root))
         for g in gt:
             rgb = ev._read_rgb(sroot, g.file)
-            sweep.append((kind, g, rgb.max(axis=2) > ev.BRIGHT, det.candidates(rgb, slack=0.2)))
+            level = rgb.max(axis=2)
+            sweep.append((kind, g, level > ev.BRIGHT, level <= ev.DARK, det.candidates(rgb, 0.2)))
         store_path.write_bytes(pickle.dumps(store))
 
     def kind_of(p) -> str:
@@ -442,10 +443,10 @@ def calibrate(a) -> int:
         det.vote_threshold = thr["vote"]
         per: dict[str, list] = {}
         negs = []
-        for kind, g, bright, c in sweep:
+        for kind, g, bright, dark, c in sweep:
             need = np.array([thr[kind_of(p)] for p in c.passes], np.float32)[c.source]
             dets = det.select(Candidates(c.dets, need, c.source, c.passes))
-            res, fr, _ = ev.evaluate_image(g, bright, dets, cfg.redact)
+            res, fr, _ = ev.evaluate_image(g, bright, dets, cfg.redact, dark)
             per.setdefault(kind, []).extend(fr)
             if res.n_gt == 0:
                 negs.append(res.masked_share)

@@ -8,7 +8,9 @@ Redaction coverage is measured on the mask that redaction actually paints
 independent pixel check `shared/tools/coverage.py`: a ground-truth face is *protected* when
 at least 70% of the ellipse inscribed in its box is masked, counting only the ellipse's
 bright pixels (max channel > 40 in the original) when they are at least 30% of it (pixels
-that are already black cannot show a solid fill). Face size = sqrt(w * h) of the GT box.
+that are already black cannot show a solid fill; when they are not, pixels already black in
+the original count as covered, as in a solid-filled output). Face size = sqrt(w * h) of the GT
+box. `evaluate_outputs` applies the same rule to the pixels a run actually wrote.
 
 Detection recall/precision match detections to ground truth greedily by score at an IoU
 threshold; an unmatched detection is bucketed by its own size, a matched one by its face's.
@@ -283,12 +285,14 @@ def _read_rgb(root: storage.Location, key: str) -> np.ndarray:
 
 
 def evaluate_image(
-    gt: GTImage, bright: np.ndarray, dets: Detections, rcfg
+    gt: GTImage, bright: np.ndarray, dets: Detections, rcfg, dark: np.ndarray | None = None
 ) -> tuple[ImageResult, list[FaceResult], np.ndarray]:
-    """Score one image's detections; `bright` is the original's (max channel > 40) map."""
+    """Score one image's detections; `bright` is the original's (max channel > 40) map, `dark`
+    its (max channel <= 24) map: a solid-filled output is black there even outside the mask,
+    and the pixel check counts such pixels of a mostly dark face as covered, so this does too."""
     h, w = bright.shape
     mask = _redaction_mask(dets.boxes, h, w, rcfg)
-    cov = face_coverage(mask, gt.boxes, bright)
+    cov = face_coverage(mask if dark is None else mask | dark, gt.boxes, bright)
     gxy = xywh_to_xyxy(gt.boxes)
     sides = np.sqrt(np.maximum(0, gt.boxes[:, 2] * gt.boxes[:, 3]))
     det_sides = (
@@ -390,7 +394,7 @@ def evaluate(
     results: list[ImageResult] = []
     faces: list[FaceResult] = []
     failed: list[tuple[str, str]] = []
-    sweep: list[tuple[GTImage, np.ndarray, Any]] = []  # for calibration
+    sweep: list[tuple[GTImage, np.ndarray, np.ndarray, Any, Any]] = []  # for calibration
     t_all = time.perf_counter()
     busy = 0.0
     for n, g in enumerate(items):
@@ -408,13 +412,14 @@ def evaluate(
         except SanitizerError as exc:
             failed.append((g.file, str(exc)))
             continue
-        bright = rgb.max(axis=2) > BRIGHT
-        res, fr, _ = evaluate_image(g, bright, dets, cfg.redact)
+        level = rgb.max(axis=2)
+        bright, dark = level > BRIGHT, level <= DARK
+        res, fr, _ = evaluate_image(g, bright, dets, cfg.redact, dark)
         res.seconds = dt
         results.append(res)
         faces += fr
         if calib:
-            sweep.append((g, np.packbits(bright), bright.shape, cands))
+            sweep.append((g, np.packbits(bright), np.packbits(dark), bright.shape, cands))
         if on_image:
             on_image(n + 1, len(items))
     seconds = time.perf_counter() - t_all
@@ -555,9 +560,11 @@ def calibrate_threshold(det, sweep, cfg, target: float, bucket: str) -> dict[str
 
     def at(delta: float) -> tuple[list[ImageResult], list[FaceResult]]:
         ims, fs = [], []
-        for g, packed, shape, cands in sweep:
-            bright = np.unpackbits(packed, count=shape[0] * shape[1]).reshape(shape).astype(bool)
-            r, f, _ = evaluate_image(g, bright, det.select(cands, delta), cfg.redact)
+        for g, packed, packed_dark, shape, cands in sweep:
+            n = shape[0] * shape[1]
+            bright = np.unpackbits(packed, count=n).reshape(shape).astype(bool)
+            dark = np.unpackbits(packed_dark, count=n).reshape(shape).astype(bool)
+            r, f, _ = evaluate_image(g, bright, det.select(cands, delta), cfg.redact, dark)
             ims.append(r)
             fs += f
         return ims, fs

@@ -425,3 +425,19 @@ def test_evaluate_outputs_equals_black_box_scorer(tmp_path: Path) -> None:
             assert rows[bucket]["protected"] == theirs["rows"][key]["protected"], bucket
             assert rows[bucket]["faces"] == theirs["rows"][key]["faces"], bucket
     assert round(rep.negatives_masked_share, 5) == theirs["negatives_masked_share"]
+
+
+def test_dark_face_counts_as_the_pixel_check_counts_it() -> None:
+    """A face in shadow (< 30 % of its ellipse bright) with no detection: a solid-filled output
+    is black there anyway, and coverage.py counts it protected; so does evaluate_image."""
+    from sanitizer.config import RedactConfig
+
+    level = np.full((100, 100), 200, np.uint8)
+    level[20:60, 20:60] = 10  # the face's box is dark
+    gt = ev.GTImage("x.png", np.array([[20.0, 20.0, 40.0, 40.0]]))
+    _, faces, _ = ev.evaluate_image(
+        gt, level > ev.BRIGHT, Detections.empty(), RedactConfig(), level <= ev.DARK
+    )
+    assert faces[0].protected
+    _, faces, _ = ev.evaluate_image(gt, level > ev.BRIGHT, Detections.empty(), RedactConfig())
+    assert not faces[0].protected  # without the dark map, only the mask counts
