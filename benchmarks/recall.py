@@ -212,7 +212,7 @@ def derive(kind: str, rgb: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, n
     elif kind == "square416":
         size = (416, 416)
     elif kind == "thumb320":
-        f = 320 / max(h, w)
+        f = min(1.0, 320 / max(h, w))  # a thumbnail never enlarges
         size = (max(1, round(w * f)), max(1, round(h * f)))
     else:
         raise ValueError(f"unknown derived set {kind!r}")
