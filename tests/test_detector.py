@@ -142,6 +142,9 @@ def test_int8_graph_is_pinned(int8_on, tmp_path, monkeypatch, pinned, precision)
     assert (info.model_sha256 == fp32_sha) == (precision == "fp32")
     assert len(builds) == (2 if precision == "fp32" else 1)  # a mismatch is rebuilt once
     centerface._network.cache_clear()
+    assert describe(DetectConfig(precision="int8")).precision == precision
+    assert len(builds) == (2 if precision == "fp32" else 1)  # ... per machine, not per process
+    centerface._network.cache_clear()
 
 
 def test_shipped_pin_matches_this_machine(int8_on):

@@ -9,7 +9,7 @@ By default (`precision="int8"`) that graph is statically quantized once per mach
 
 The int8 graph is pinned: its sha256 must equal `quantize.EXPECTED_INT8` for the installed
 onnxruntime version. A mismatch (a different quantizer, a damaged cache file) rebuilds the
-graph once; if it still differs, this worker runs the fp32 file instead and says so: its
+graph once per machine; if it still differs, workers run the fp32 file instead and say so: its
 `precision` is "fp32" and its `model_sha256` the fp32 file's, both in the audit's files table.
 An onnxruntime version with no pinned hash runs its derived graph as "int8-unpinned".
 """
@@ -94,11 +94,13 @@ def _network(path: str, precision: str) -> tuple[bytes, str, str]:
     got = hashlib.sha256(q).hexdigest()
     if expected is None:
         return q, got, "int8-unpinned"
-    if got != expected:
+    if got != expected and got not in quantize.known_mismatches(fp32_sha):
         q = quantize.int8_model(lambda: _prepared_model(path)[0], fp32_sha, rebuild=True)
         got = hashlib.sha256(q).hexdigest()
         if got != expected:
-            return (*_prepared_model(path), "fp32")  # the audited fallback (module docstring)
+            quantize.note_mismatch(fp32_sha, got)  # later processes skip the rebuild
+    if got != expected:
+        return (*_prepared_model(path), "fp32")  # the audited fallback (module docstring)
     return q, got, "int8"
 
 

@@ -183,6 +183,25 @@ def cache_path(fp32_sha256: str) -> Path:
     return cache_dir() / f"centerface-int8-{fp32_sha256[:16]}-ort{_ort_version()}-{recipe}.onnx"
 
 
+def _mismatch_path(fp32_sha256: str) -> Path:
+    return cache_path(fp32_sha256).with_suffix(".mismatch")
+
+
+def known_mismatches(fp32_sha256: str) -> set[str]:
+    """sha256s of int8 graphs this machine derived that did not match the pinned one."""
+    try:
+        return set(_mismatch_path(fp32_sha256).read_text().split())
+    except OSError:
+        return set()
+
+
+def note_mismatch(fp32_sha256: str, sha256: str) -> None:
+    """Remember that a rebuild still gave `sha256` (not the pinned graph), so that other
+    processes go straight to fp32 instead of spending ~7 s each on the same rebuild."""
+    with contextlib.suppress(OSError), open(_mismatch_path(fp32_sha256), "a") as f:
+        f.write(sha256 + "\n")
+
+
 def int8_model(fp32: bytes | Callable[[], bytes], fp32_sha256: str, rebuild: bool = False) -> bytes:
     """The cached int8 model for this fp32 graph, built (under a lock) when missing, or when
     `rebuild` (the cached file is replaced). `fp32` may be a function returning the graph: a
