@@ -39,8 +39,8 @@ def find_deface(explicit: str | None) -> str | None:
     return None
 
 
-def coverage(out_dir: Path, tmp: Path, name: str) -> dict | None:
-    tool, gt = SHARED / "tools" / "coverage.py", SHARED / "data" / "faces_dev.json"
+def coverage(out_dir: Path, tmp: Path, name: str, gt: Path, orig: Path) -> dict | None:
+    tool = SHARED / "tools" / "coverage.py"
     if not (tool.is_file() and gt.is_file()):
         return None
     js = tmp / f"{name}-coverage.json"
@@ -51,7 +51,7 @@ def coverage(out_dir: Path, tmp: Path, name: str) -> dict | None:
             "--gt",
             str(gt),
             "--orig",
-            str(SHARED / "data"),
+            str(orig),
             "--out",
             str(out_dir),
             "--json",
@@ -77,7 +77,20 @@ def main() -> int:
     ap.add_argument("--method", default="solid")
     ap.add_argument("--workers", type=int, default=0, help="0 = one per core")
     ap.add_argument("--config", default=None)
+    ap.add_argument(
+        "--gt",
+        type=Path,
+        default=SHARED / "data" / "faces_dev.json",
+        help="ground truth of the photos under --folder (e.g. a half from benchmarks/halves.py)",
+    )
+    ap.add_argument(
+        "--orig",
+        type=Path,
+        default=None,
+        help="folder the ground truth's paths are relative to (default: --folder's parent)",
+    )
     a = ap.parse_args()
+    orig = a.orig or a.folder.parent
     if not a.folder.is_dir():
         print(f"no folder {a.folder}; pass --folder", file=sys.stderr)
         return 2
@@ -87,7 +100,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="bench-images-") as tmpd:
         tmp = Path(tmpd)
         # layout the coverage tool understands: <out>/images/<set>/<file>
-        out = tmp / "sanitizer" / "images"
+        out = tmp / "sanitizer" / a.folder.name
         cmd = [
             sys.executable,
             "-m",
@@ -120,12 +133,12 @@ def main() -> int:
                 wall_s=wall,
                 images_per_s=len(ok) / wall,
                 compute_s_per_image=compute / max(1, len(ok)),
-                coverage=coverage(out.parent, tmp, "sanitizer"),
+                coverage=coverage(out.parent, tmp, "sanitizer", a.gt, orig),
             )
         )
         deface = find_deface(a.deface)
         if deface:
-            copy = tmp / "deface" / "images"
+            copy = tmp / "deface" / a.folder.name
             shutil.copytree(a.folder, copy)
             inputs = sorted(str(p) for p in copy.rglob("*") if p.suffix.lower() in IMAGE_EXT)
             mode = "solid" if a.method == "solid" else "blur"
@@ -146,7 +159,7 @@ def main() -> int:
                     wall_s=dwall,
                     images_per_s=len(inputs) / dwall,
                     compute_s_per_image=dwall / max(1, len(inputs)),
-                    coverage=coverage(copy.parent, tmp, "deface"),
+                    coverage=coverage(copy.parent, tmp, "deface", a.gt, orig),
                 )
             )
         else:

@@ -827,6 +827,13 @@ def eval_cmd(
         int | None,
         typer.Option("--limit", help="Evaluate only the first N images of the ground truth."),
     ] = None,
+    outputs: Annotated[
+        str | None,
+        typer.Option(
+            "--outputs",
+            help="Score the redacted files a `sanitizer run ... --method solid` wrote to this DST instead of detecting again (the pixel rule of shared/tools/coverage.py).",
+        ),
+    ] = None,
     output: Annotated[
         Path | None,
         typer.Option(
@@ -853,15 +860,20 @@ def eval_cmd(
         n_items = min(len(truth), limit) if limit else len(truth)
         task = progress.add_task("evaluating", total=n_items)
         with progress:
-            report = ev.evaluate(
-                truth,
-                images_root,
-                cfg,
-                target_recall=target_recall,
-                target_bucket=target_bucket,
-                limit=limit,
-                on_image=lambda done, total: progress.update(task, completed=done),
-            )
+            if outputs is not None:
+                report = ev.evaluate_outputs(
+                    truth[:limit] if limit else truth, images_root, outputs
+                )
+            else:
+                report = ev.evaluate(
+                    truth,
+                    images_root,
+                    cfg,
+                    target_recall=target_recall,
+                    target_bucket=target_bucket,
+                    limit=limit,
+                    on_image=lambda done, total: progress.update(task, completed=done),
+                )
         if output is not None:
             ev.write_report(report, str(output))
     except SanitizerError as exc:
@@ -879,20 +891,24 @@ def eval_cmd(
         + (", flip" if d.detector == "centerface" and d.hflip else "")
         + f"; mask {cfg.redact.shape} x{cfg.redact.margin:g}"
     )
+    if outputs is not None:
+        title = f"outputs at {outputs}, black pixels"
     table = Table(*ev.TABLE_HEADER, title=f"{report.n_images} images ({title})")
     for row in ev.report_table(report):
         table.add_row(*row)
     out.print(table)
     neg = report.negatives_masked_share
+    under = "black in the output" if outputs is not None else "under the redaction mask"
     out.print(
-        f"coverage = faces with >= {int(ev.PROTECTED_AT * 100)}% of their inscribed ellipse under the redaction mask"
+        f"coverage = faces with >= {int(ev.PROTECTED_AT * 100)}% of their inscribed ellipse {under}"
     )
     out.print(
         f"face-free images: {report.n_negative}, masked share {'-' if neg is None else f'{100 * neg:.3f}%'}"
     )
-    out.print(
-        f"speed: {report.images_per_s:.2f} images/s (decode + detect + mask, one process, {d.threads} thread(s))"
-    )
+    if outputs is None:
+        out.print(
+            f"speed: {report.images_per_s:.2f} images/s (decode + detect + mask, one process, {d.threads} thread(s))"
+        )
     for key, reason in report.failed:
         err.print(f"  failed: {key}: {reason}", highlight=False, soft_wrap=True)
     cal = report.calibration

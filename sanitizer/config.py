@@ -50,7 +50,8 @@ REDACT_SHAPES = ("ellipse", "box")
 
 @dataclass(slots=True)
 class DetectConfig:
-    detector: str = "centerface"  # centerface | haar
+    # centerface | haar | a plug-in's name (entry-point group sanitizer.detectors)
+    detector: str = "centerface"
     # Default profile (chosen on ../shared/data/faces_dev.json, see BENCHMARKS.md "Recall"):
     # two CenterFace passes per image, native size and 1.5x upscaled (images under
     # `upscale_below` px; faces under `upscale_max_face` px only), plus a second-opinion vote.
@@ -64,6 +65,21 @@ class DetectConfig:
     # Run the upscaled pass only when the native pass shows a face-like response scoring
     # >= `upscale_hint` under `upscale_max_face` px (no small faces → no upscaling); 0 = always.
     upscale_hint: float = 0.03
+    # Small images (thumbnails): the upscaled pass zooms at least enough for the image's long
+    # side to reach this many px (at most max_side); 0 = just `upscale`.
+    upscale_min_side: int = 0
+    # Square images (photos resized for model training without keeping the aspect ratio,
+    # thumbnails): also scan the image stretched `aspect_wide` times in width and `aspect_tall`
+    # times in height, so squashed faces look like faces again (0 or 1 = no such pass). An
+    # image is square when |width / height - 1| <= `aspect_square_tol`.
+    # 1.5 / 1.25 undo the squash of 3:2 landscapes / 4:5 portraits (BENCHMARKS.md, 2026-11-29).
+    aspect_wide: float = 1.5
+    aspect_tall: float = 1.25
+    aspect_square_tol: float = 0.01
+    aspect_scale: float = 1.0  # zoom of the aspect-corrected passes (before the stretch)
+    # score threshold of the aspect-corrected passes (calibrated on the tune half); they do not
+    # vote (two stretched copies agree too often on the same stretched non-face)
+    aspect_threshold: float = 0.3
     # Very large images are also split into overlapping tiles of `tile_size` px at native scale.
     tile_above: int = 2400
     tile_size: int = 1280

@@ -8,7 +8,9 @@ Redaction coverage is measured on the mask that redaction actually paints
 independent pixel check `shared/tools/coverage.py`: a ground-truth face is *protected* when
 at least 70% of the ellipse inscribed in its box is masked, counting only the ellipse's
 bright pixels (max channel > 40 in the original) when they are at least 30% of it (pixels
-that are already black cannot show a solid fill). Face size = sqrt(w * h) of the GT box.
+that are already black cannot show a solid fill; when they are not, pixels already black in
+the original count as covered, as in a solid-filled output). Face size = sqrt(w * h) of the GT
+box. `evaluate_outputs` applies the same rule to the pixels a run actually wrote.
 
 Detection recall/precision match detections to ground truth greedily by score at an IoU
 threshold; an unmatched detection is bucketed by its own size, a matched one by its face's.
@@ -283,12 +285,14 @@ def _read_rgb(root: storage.Location, key: str) -> np.ndarray:
 
 
 def evaluate_image(
-    gt: GTImage, bright: np.ndarray, dets: Detections, rcfg
+    gt: GTImage, bright: np.ndarray, dets: Detections, rcfg, dark: np.ndarray | None = None
 ) -> tuple[ImageResult, list[FaceResult], np.ndarray]:
-    """Score one image's detections; `bright` is the original's (max channel > 40) map."""
+    """Score one image's detections; `bright` is the original's (max channel > 40) map, `dark`
+    its (max channel <= 24) map: a solid-filled output is black there even outside the mask,
+    and the pixel check counts such pixels of a mostly dark face as covered, so this does too."""
     h, w = bright.shape
     mask = _redaction_mask(dets.boxes, h, w, rcfg)
-    cov = face_coverage(mask, gt.boxes, bright)
+    cov = face_coverage(mask if dark is None else mask | dark, gt.boxes, bright)
     gxy = xywh_to_xyxy(gt.boxes)
     sides = np.sqrt(np.maximum(0, gt.boxes[:, 2] * gt.boxes[:, 3]))
     det_sides = (
@@ -390,7 +394,7 @@ def evaluate(
     results: list[ImageResult] = []
     faces: list[FaceResult] = []
     failed: list[tuple[str, str]] = []
-    sweep: list[tuple[GTImage, np.ndarray, Any]] = []  # for calibration
+    sweep: list[tuple[GTImage, np.ndarray, np.ndarray, Any, Any]] = []  # for calibration
     t_all = time.perf_counter()
     busy = 0.0
     for n, g in enumerate(items):
@@ -408,13 +412,14 @@ def evaluate(
         except SanitizerError as exc:
             failed.append((g.file, str(exc)))
             continue
-        bright = rgb.max(axis=2) > BRIGHT
-        res, fr, _ = evaluate_image(g, bright, dets, cfg.redact)
+        level = rgb.max(axis=2)
+        bright, dark = level > BRIGHT, level <= DARK
+        res, fr, _ = evaluate_image(g, bright, dets, cfg.redact, dark)
         res.seconds = dt
         results.append(res)
         faces += fr
         if calib:
-            sweep.append((g, np.packbits(bright), bright.shape, cands))
+            sweep.append((g, np.packbits(bright), np.packbits(dark), bright.shape, cands))
         if on_image:
             on_image(n + 1, len(items))
     seconds = time.perf_counter() - t_all
@@ -442,6 +447,109 @@ def evaluate(
     return report
 
 
+OUTPUT_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+
+
+def _read_bgr(root: storage.Location, key: str) -> np.ndarray | None:
+    """A stored image as OpenCV reads it (the black-box scorer's reader), None if unreadable."""
+    try:
+        data = storage.read_bytes(root, key)
+    except (SanitizerError, OSError):
+        return None
+    return cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+
+
+def _output_key(out_root: storage.Location, key: str) -> str | None:
+    """The output of `key` under `out_root`: the same key, or the same stem with an image
+    suffix (outputs may be re-encoded to another format)."""
+    stem = key.rsplit(".", 1)[0] if "." in key.rsplit("/", 1)[-1] else key
+    for cand in (key, *(stem + ext for ext in OUTPUT_SUFFIXES)):
+        try:
+            if storage.exists(out_root, cand):
+                return cand
+        except (SanitizerError, OSError):
+            return None
+    return None
+
+
+def evaluate_outputs(gt: list[GTImage], images_root: str, outputs_root: str) -> EvalReport:
+    """Score what a run actually wrote (run it with `--method solid`): a face is protected when
+    >= 70% of its inscribed ellipse is black (max channel <= 24) in the output where the
+    original is bright, the rule of ../shared/tools/coverage.py, on the same pixels it reads.
+    A missing or resized output protects nothing. Detection columns are not measured."""
+    root, outs = storage.location(images_root), storage.location(outputs_root)
+    results: list[ImageResult] = []
+    faces: list[FaceResult] = []
+    failed: list[tuple[str, str]] = []
+    t0 = time.perf_counter()
+    for g in gt:
+        orig = _read_bgr(root, g.file)
+        if orig is None:
+            failed.append((g.file, "cannot read the original"))
+            continue
+        key = _output_key(outs, g.file)
+        out = _read_bgr(outs, key) if key else None
+        if out is None or out.shape != orig.shape:
+            out = orig  # nothing protected
+        masked = out.max(axis=2) <= DARK
+        bright = orig.max(axis=2) > BRIGHT
+        cov = face_coverage(masked, g.boxes, bright)
+        sides = np.sqrt(np.maximum(0, g.boxes[:, 2] * g.boxes[:, 3]))
+        h, w = bright.shape
+        for i in range(len(g.boxes)):
+            if g.boxes[i, 2] <= 0 or g.boxes[i, 3] <= 0:
+                continue  # coverage.py skips boxes without area
+            faces.append(
+                FaceResult(
+                    g.file,
+                    g.set,
+                    i,
+                    float(sides[i]),
+                    bucket_of(sides[i]),
+                    float(cov[i]),
+                    bool(cov[i] >= PROTECTED_AT),
+                    False,
+                    False,
+                )
+            )
+        results.append(
+            ImageResult(
+                g.file,
+                g.set,
+                w,
+                h,
+                len(g.boxes),
+                0,
+                0,
+                0,
+                [],
+                [],
+                [],
+                [],
+                float((masked & bright).mean()),
+                0.0,
+            )
+        )
+    seconds = time.perf_counter() - t0
+    negs = [r.masked_share for r in results if r.n_gt == 0]
+    rows = summarize(results, faces)
+    for r in rows:  # nothing detected here: detection columns do not apply
+        for k in list(r):
+            if k.startswith(("recall@", "precision@", "detections@")):
+                r[k] = None
+    return EvalReport(
+        config={"outputs": outputs_root},
+        rows=rows,
+        n_images=len(results),
+        n_negative=len(negs),
+        negatives_masked_share=float(np.mean(negs)) if negs else None,
+        images_per_s=0.0,
+        seconds=seconds,
+        failed=failed,
+        faces=faces,
+    )
+
+
 SLACK = 0.1  # calibration looks at thresholds down to (configured - SLACK)
 STEPS = np.round(np.arange(-SLACK, 0.5 + 1e-9, 0.02), 3)
 
@@ -452,9 +560,11 @@ def calibrate_threshold(det, sweep, cfg, target: float, bucket: str) -> dict[str
 
     def at(delta: float) -> tuple[list[ImageResult], list[FaceResult]]:
         ims, fs = [], []
-        for g, packed, shape, cands in sweep:
-            bright = np.unpackbits(packed, count=shape[0] * shape[1]).reshape(shape).astype(bool)
-            r, f, _ = evaluate_image(g, bright, det.select(cands, delta), cfg.redact)
+        for g, packed, packed_dark, shape, cands in sweep:
+            n = shape[0] * shape[1]
+            bright = np.unpackbits(packed, count=n).reshape(shape).astype(bool)
+            dark = np.unpackbits(packed_dark, count=n).reshape(shape).astype(bool)
+            r, f, _ = evaluate_image(g, bright, det.select(cands, delta), cfg.redact, dark)
             ims.append(r)
             fs += f
         return ims, fs

@@ -135,6 +135,7 @@ def _result(ctx: Context, item: MediaItem, **kw) -> FileResult:
         kind=item.kind,
         detector=ctx.detector.name if ctx.detector else "",
         model_sha256=getattr(ctx.detector, "model_sha256", "") if ctx.detector else "",
+        precision=getattr(ctx.detector, "precision", "") if ctx.detector else "",
         config_fingerprint=ctx.fingerprint,
         worker=socket.gethostname(),
         raw_key=storage.raw_key(item.key),

@@ -90,6 +90,7 @@ class FileResult:
     # perceptual hash of the source (16 hex; videos: a few keyframes, space-separated), for
     # `sanitizer audit find --like` (sanitizer/phash.py); "" when not computed
     phash: str = ""
+    precision: str = ""  # what the detector's model ran at on this worker: int8 | fp32 | ...
 
     def to_row(self) -> dict[str, Any]:
         return asdict(self)
@@ -167,6 +168,7 @@ FILES_SCHEMA = pa.schema(
         ("raw_key", pa.string()),
         ("n_images", pa.int64()),
         ("phash", pa.string()),
+        ("precision", pa.string()),
     ],
     metadata=_meta("files"),
 )

@@ -14,17 +14,19 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sanitizer.config import REDACT_SHAPES
+from sanitizer.config import REDACT_SHAPES, RedactConfig
+
+_DEFAULT = RedactConfig()  # one source of truth for the defaults: config.py
 
 
 @dataclass(frozen=True, slots=True)
 class RedactParams:
-    method: str = "gaussian"
-    shape: str = "ellipse"
-    margin: float = 1.3
-    blocks: int = 4
-    blur_strength: float = 0.5
-    color: tuple[int, int, int] = (0, 0, 0)
+    method: str = _DEFAULT.method
+    shape: str = _DEFAULT.shape
+    margin: float = _DEFAULT.margin
+    blocks: int = _DEFAULT.blocks
+    blur_strength: float = _DEFAULT.blur_strength
+    color: tuple[int, int, int] = _DEFAULT.color
 
 
 SHAPES = REDACT_SHAPES
@@ -60,7 +62,11 @@ def _region_mask(shape: str, box: np.ndarray, roi: tuple[int, int, int, int]) ->
 
 
 def mask_for(
-    boxes: np.ndarray, height: int, width: int, shape: str = "ellipse", margin: float = 1.3
+    boxes: np.ndarray,
+    height: int,
+    width: int,
+    shape: str = _DEFAULT.shape,
+    margin: float = _DEFAULT.margin,
 ) -> np.ndarray:
     """Full-size boolean mask of all faces (used by evaluation and tests)."""
     mask = np.zeros((height, width), bool)

@@ -173,6 +173,7 @@ def make_dst_at(dst: storage.Location, names=PHOTOS, run_id="r1") -> storage.Loc
                 worker="w",
                 raw_key=key,
                 n_images=1,
+                precision="int8",
                 phash=phash.of_array(arr),
             )
         )

@@ -1,15 +1,24 @@
-"""CenterFace precision: the int8 network (derived once per machine) agrees with the fp32 file."""
+"""Detectors: CenterFace precision (the int8 network, derived once per machine and pinned, agrees
+with the fp32 file), the scan policy over any model, and plug-in models by entry point."""
 
 from __future__ import annotations
+
+import hashlib
+import os
 
 import cv2
 import numpy as np
 import pytest
 
-from sanitizer.config import ConfigError, from_dict
-from sanitizer.detect import iou_matrix, quantize
-from sanitizer.detect.centerface import CenterFaceDetector
+from sanitizer.config import ConfigError, DetectConfig, from_dict
+from sanitizer.detect import get_detector, iou_matrix, quantize
+from sanitizer.records import Detections
 from tests.conftest import astronaut
+
+
+def shipped(**detect) -> object:
+    """The detector of the shipped default profile (config.py), with these options changed."""
+    return get_detector(from_dict({"detect": detect}).detect)
 
 
 def _scenes() -> list[np.ndarray]:
@@ -44,8 +53,8 @@ def int8_on(monkeypatch):
 
 
 def test_int8_finds_the_faces_fp32_finds(int8_on):
-    fp32 = CenterFaceDetector(precision="fp32")
-    int8 = CenterFaceDetector(precision="int8")
+    fp32 = shipped(precision="fp32")
+    int8 = shipped(precision="int8")
     assert fp32.model_sha256 != int8.model_sha256 and len(int8.model_sha256) == 64
     for image in _scenes():
         a, b = fp32.detect(image), int8.detect(image)
@@ -98,9 +107,146 @@ def test_cpu_without_int8_dot_product_runs_fp32(monkeypatch):
     monkeypatch.setenv("SANITIZER_INT8", "0")
     centerface._network.cache_clear()
     try:
-        det = CenterFaceDetector(precision="int8")
-        assert det.model_sha256 == CenterFaceDetector(precision="fp32").model_sha256
+        det = shipped(precision="int8")
+        assert det.model_sha256 == shipped(precision="fp32").model_sha256
+        assert det.precision == "fp32"
         assert centerface.int8_ready()
     finally:
         monkeypatch.delenv("SANITIZER_INT8")
         centerface._network.cache_clear()
+
+
+# -- the int8 network is pinned ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "pinned, precision",
+    [
+        ("match", "int8"),  # the derived graph is the validated one
+        (None, "int8-unpinned"),  # an onnxruntime version nobody validated: run, and say so
+        ("0" * 64, "fp32"),  # a different graph even after a rebuild: the fp32 file runs
+    ],
+)
+def test_int8_graph_is_pinned(int8_on, tmp_path, monkeypatch, pinned, precision):
+    from sanitizer.detect import centerface, describe
+
+    monkeypatch.setenv("SANITIZER_CACHE", str(tmp_path))
+    builds = []
+    monkeypatch.setattr(quantize, "build_int8", lambda fp32: builds.append(1) or b"int8 graph")
+    expected = hashlib.sha256(b"int8 graph").hexdigest() if pinned == "match" else pinned
+    monkeypatch.setattr(quantize, "expected_int8_sha256", lambda fp32_sha: expected)
+    centerface._network.cache_clear()
+    info = describe(DetectConfig(precision="int8"))
+    assert info.precision == precision
+    fp32_sha = centerface._file_sha256(str(centerface.model_path()))
+    assert (info.model_sha256 == fp32_sha) == (precision == "fp32")
+    assert len(builds) == (2 if precision == "fp32" else 1)  # a mismatch is rebuilt once
+    centerface._network.cache_clear()
+    assert describe(DetectConfig(precision="int8")).precision == precision
+    assert len(builds) == (2 if precision == "fp32" else 1)  # ... per machine, not per process
+    centerface._network.cache_clear()
+
+
+def test_shipped_pin_matches_this_machine(int8_on):
+    """The graph this machine derives is the pinned one (when this onnxruntime is pinned)."""
+    from sanitizer.detect import centerface
+
+    sha = centerface._file_sha256(str(centerface.model_path()))
+    if quantize.expected_int8_sha256(sha) is None:
+        pytest.skip(f"onnxruntime {quantize._ort_version()} has no pinned int8 graph")
+    det = shipped(precision="int8")
+    assert det.precision == "int8" and det.model_sha256 == quantize.expected_int8_sha256(sha)
+
+
+# -- the scan policy over any model -----------------------------------------------------
+
+
+class Centre:
+    """A toy model: one face in the middle third of whatever image it is given."""
+
+    name, model_sha256, precision = "centre", "c" * 64, ""
+
+    def __init__(self) -> None:
+        self.sizes: list[tuple[int, int]] = []
+
+    def infer(self, image, threshold):
+        h, w = image.shape[:2]
+        self.sizes.append((w, h))
+        return Detections(np.array([[w / 3, h / 3, 2 * w / 3, 2 * h / 3]]), np.array([0.9]))
+
+
+def test_aspect_passes_on_square_images_map_boxes_back():
+    from sanitizer.detect.policy import ScanDetector
+
+    cfg = from_dict({"detect": {"aspect_wide": 1.5, "aspect_tall": 1.25, "upscale": 0}}).detect
+    model = Centre()
+    det = ScanDetector(model, cfg)
+    faces = det.detect(np.zeros((416, 416, 3), np.uint8))
+    assert model.sizes == [(416, 416), (624, 416), (416, 520)]  # native, wide, tall
+    assert len(faces) == 1 and np.allclose(faces.boxes[0], [416 / 3, 416 / 3, 832 / 3, 832 / 3])
+    model.sizes.clear()
+    det.detect(np.zeros((400, 600, 3), np.uint8))  # not square: native pass only
+    assert model.sizes == [(600, 400)]
+
+
+def test_small_images_upscale_to_a_minimum_side():
+    from sanitizer.detect.policy import ScanDetector
+
+    cfg = from_dict({"detect": {"upscale_min_side": 960, "upscale_hint": 0.0}}).detect
+    model = Centre()
+    ScanDetector(model, cfg).detect(np.zeros((240, 320, 3), np.uint8))
+    assert model.sizes == [(320, 240), (960, 720)]  # 3x, more than `upscale` (1.5)
+
+
+# -- a model from another package, by entry point ----------------------------------------
+
+PLUGIN = """
+import numpy as np
+from sanitizer.records import Detections
+
+
+class Middle:
+    name = "middle"
+    model_sha256 = "m" * 64
+
+    def infer(self, image, threshold):
+        h, w = image.shape[:2]
+        return Detections(np.array([[w / 3, h / 3, 2 * w / 3, 2 * h / 3]]), np.array([0.9]))
+
+
+def build(cfg):
+    return Middle()
+"""
+
+
+@pytest.mark.integration
+def test_detector_plugin_by_entry_point(tmp_path):
+    """A separate package declaring a `sanitizer.detectors` entry point (a dist-info on
+    PYTHONPATH, as pip would install it) is run by `sanitizer run --detector middle`."""
+    import pandas as pd
+    from PIL import Image
+
+    from tests.conftest import run_cli
+
+    site = tmp_path / "site"
+    (site / "middleface").mkdir(parents=True)
+    (site / "middleface" / "__init__.py").write_text(PLUGIN)
+    info = site / "middleface-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: middleface\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[sanitizer.detectors]\nmiddle = middleface:build\n")
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    src.mkdir()
+    Image.fromarray(np.full((300, 300, 3), 200, np.uint8)).save(src / "grey.png")
+    env = {"PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
+    args = ("run", str(src), str(dst), "--detector", "middle", "--method", "solid")
+    proc = run_cli(*args, "--workers", "1", env=env)
+    assert proc.returncode == 0, proc.stderr
+    out = np.asarray(Image.open(dst / "grey.png").convert("RGB"))
+    assert (out[150, 150] == 0).all() and (out[5, 5] == 200).all()
+    files = pd.read_parquet(dst / "_audit" / "files")
+    assert (files.detector == "middle").all() and (files.model_sha256 == "m" * 64).all()
+    # without the package, the name is an unknown detector, said in one line
+    proc = run_cli(*args)
+    assert proc.returncode != 0 and "unknown detector 'middle'" in proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -192,18 +192,26 @@ def test_calibrate_on_synthetic_scores(
 # -- second-opinion vote (no model needed) ---------------------------------------------
 
 
-def _bare_detector(**kw):
-    from sanitizer.detect.centerface import CenterFaceDetector
+class _NoModel:
+    name, model_sha256 = "none", ""
 
-    det = object.__new__(CenterFaceDetector)
-    defaults = dict(vote_threshold=0.1, vote_passes=3, nms_iou=0.3, min_face=4)
-    for k, v in {**defaults, **kw}.items():
-        setattr(det, k, v)
-    return det
+    def infer(self, image, threshold):
+        return Detections.empty()
+
+
+def _bare_detector(**kw):
+    """The shipped default policy (vote of 3 passes here) over a model that is never run."""
+    from sanitizer.config import DetectConfig
+    from sanitizer.detect.policy import ScanDetector
+
+    cfg = DetectConfig()
+    for k, v in {"vote_passes": 3, **kw}.items():
+        setattr(cfg, k, v)
+    return ScanDetector(_NoModel(), cfg)
 
 
 def _cands(rows):
-    from sanitizer.detect.centerface import Candidates, Pass
+    from sanitizer.detect.policy import Candidates, Pass
 
     passes = [Pass("1x", 1, 0.2), Pass("2x", 2, 0.3), Pass("1x+flip", 1, 0.2, flip=True)]
     boxes = [r[1] for r in rows]
@@ -233,6 +241,25 @@ def test_vote_keeps_weak_boxes_found_by_every_pass() -> None:
     assert len(centres) == 2 and abs(centres[0] - 20) <= 1 and centres[1] == 110
     assert len(_bare_detector(vote_threshold=0.0).select(cands)) == 1  # vote off
     assert len(_bare_detector().select(cands, delta=0.05)) == 1  # thresholds shifted up
+
+
+def test_aspect_passes_do_not_vote() -> None:
+    """A weak box that the native pass and an aspect-corrected pass both found is not kept:
+    on square face-free photos they agree on stretched non-faces (BENCHMARKS.md 2026-11-29)."""
+    from sanitizer.detect.policy import Candidates, Pass
+
+    passes = [Pass("1x", 1, 0.2), Pass("wide1.5", 1.5, 0.3, scale_y=1, votes=False)]
+    rows = [(0, [10, 10, 30, 30], 0.15), (1, [10, 10, 30, 30], 0.2), (1, [60, 60, 80, 80], 0.35)]
+    cands = Candidates(
+        Detections(np.array([r[1] for r in rows], float), np.array([r[2] for r in rows])),
+        np.array([passes[r[0]].threshold for r in rows], np.float32),
+        np.array([r[0] for r in rows], np.int16),
+        passes,
+    )
+    kept = _bare_detector(vote_passes=2).select(cands)
+    assert kept.boxes.tolist() == [[60, 60, 80, 80]]  # only the aspect box above its threshold
+    voting = Candidates(cands.dets, cands.need, cands.source, [passes[0], Pass("2x", 2, 0.3)])
+    assert len(_bare_detector(vote_passes=2).select(voting)) == 2  # the same boxes, voting
 
 
 # -- the real CLI on ../shared/data ----------------------------------------------------
@@ -334,3 +361,83 @@ def test_eval_cli_rejects_bad_input(tmp_path: Path, cli) -> None:
     bad.write_text("a.jpg\nxx\n")
     res = cli("eval", str(bad), str(tmp_path))
     assert res.returncode == 2 and "WIDER" in res.stderr
+
+
+# -- scoring a run's outputs: the black-box scorer's rule -------------------------------
+
+
+def _outputs_case(tmp_path: Path) -> tuple[Path, Path, Path]:
+    """Originals, solid-redacted outputs (some faces half-covered, one output missing, one
+    re-encoded as .jpg) and their ground truth, generated with a seeded generator."""
+    import cv2
+
+    rng = np.random.default_rng(11)
+    orig, out = tmp_path / "orig", tmp_path / "out"
+    images = []
+    for i in range(6):
+        h, w = 240, 320
+        im = rng.integers(60, 255, (h, w, 3), np.uint8)
+        red = im.copy()
+        boxes = []
+        for _ in range(0 if i == 5 else 4):
+            s = int(rng.integers(8, 70))
+            x, y = int(rng.integers(0, w - s)), int(rng.integers(0, h - s))
+            boxes.append([x, y, s, int(s * 1.2)])
+            cover = rng.choice([0.0, 0.5, 0.8, 1.3])  # share of the box blacked out, from the left
+            red[y : y + int(s * 1.2), x : x + int(s * cover)] = 0
+        if i == 5:
+            red[10:20, 10:40] = 0  # a false positive on the face-free photo
+        name = f"images/set/p{i}.png"
+        (orig / name).parent.mkdir(parents=True, exist_ok=True)
+        (out / name).parent.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(orig / name), im)
+        if i == 3:
+            cv2.imwrite(
+                str(out / name.replace(".png", ".jpg")), red, [cv2.IMWRITE_JPEG_QUALITY, 90]
+            )
+        elif i != 4:  # p4's output is missing
+            cv2.imwrite(str(out / name), red)
+        images.append({"file": name, "boxes": boxes, "set": "set" if boxes else "negative"})
+    gt = tmp_path / "gt.json"
+    gt.write_text(json.dumps({"images": images}))
+    return gt, orig, out
+
+
+def test_evaluate_outputs_equals_black_box_scorer(tmp_path: Path) -> None:
+    gt, orig, out = _outputs_case(tmp_path)
+    rep = ev.evaluate_outputs(ev.load_ground_truth(gt), str(orig), str(out))
+    rows = {r["bucket"]: r for r in rep.rows}
+    assert rows["all"]["faces"] == 20 and 0 < rows["all"]["protected"] < 20
+    tool = Path(__file__).resolve().parents[2] / "shared" / "tools" / "coverage.py"
+    if not tool.is_file():
+        pytest.skip("../shared/tools/coverage.py is not present")
+    res = tmp_path / "cov.json"
+    subprocess.run(
+        [sys.executable, str(tool), "--gt", str(gt), "--orig", str(orig), "--out", str(out)]
+        + ["--json", str(res)],
+        check=True,
+        capture_output=True,
+    )
+    theirs = json.loads(res.read_text())
+    for bucket in ev.ROWS:
+        key = f"all|{bucket}"
+        if key in theirs["rows"]:
+            assert rows[bucket]["protected"] == theirs["rows"][key]["protected"], bucket
+            assert rows[bucket]["faces"] == theirs["rows"][key]["faces"], bucket
+    assert round(rep.negatives_masked_share, 5) == theirs["negatives_masked_share"]
+
+
+def test_dark_face_counts_as_the_pixel_check_counts_it() -> None:
+    """A face in shadow (< 30 % of its ellipse bright) with no detection: a solid-filled output
+    is black there anyway, and coverage.py counts it protected; so does evaluate_image."""
+    from sanitizer.config import RedactConfig
+
+    level = np.full((100, 100), 200, np.uint8)
+    level[20:60, 20:60] = 10  # the face's box is dark
+    gt = ev.GTImage("x.png", np.array([[20.0, 20.0, 40.0, 40.0]]))
+    _, faces, _ = ev.evaluate_image(
+        gt, level > ev.BRIGHT, Detections.empty(), RedactConfig(), level <= ev.DARK
+    )
+    assert faces[0].protected
+    _, faces, _ = ev.evaluate_image(gt, level > ev.BRIGHT, Detections.empty(), RedactConfig())
+    assert not faces[0].protected  # without the dark map, only the mask counts

