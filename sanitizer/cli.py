@@ -214,6 +214,14 @@ def _run_job(plan, cfg, dry_run: bool, local) -> int:
         if name == "cluster":
             where = "embedded LocalCluster" if data["embedded"] else data["address"]
             err.print(f"  dask: {_count(data['workers'], 'worker')} ({where})", highlight=False)
+        elif name == "recovered":
+            err.print(
+                f"  settled what {_count(len(data['runs']), 'earlier run')} left unfinished: "
+                + ", ".join(data["runs"]),
+                highlight=False,
+            )
+        elif name == "publish_error":
+            err.print(f"  [red]not yet published[/]: {data['error']}", highlight=False)
         elif name == "model_prepare":
             err.print(
                 "  model: deriving the int8 CenterFace network (once per machine, ~7 s)",

@@ -30,8 +30,6 @@ if TYPE_CHECKING:  # not imported at run time: `prestart` spawns before pyarrow 
 ShardResult = list[tuple[dict[str, Any], list[dict[str, Any]]]]
 
 # ---------------------------------------------------------------- worker side
-# Integration tests set this to a key fragment to simulate a decoder that kills its process.
-_TEST_CRASH_ENV = "SANITIZER_TEST_CRASH_KEY"
 _STATE: dict[str, Any] = {}
 _STATE_LOCK = threading.Lock()
 
@@ -102,13 +100,7 @@ def process_shard(
         # someone else's cluster outlives an interrupted driver: publish only while the run
         # has not been stopped (see stop_remote_tasks)
         ctx.may_publish = lambda: not _run_stopped(run_id)
-    crash_on = os.environ.get(_TEST_CRASH_ENV)
-    results = []
-    for item in items:
-        if crash_on and crash_on in item.key:  # tests only: a native crash that kills the worker
-            os._exit(70)
-        results.append(process_item(item, ctx))
-    return results
+    return [process_item(item, ctx) for item in items]
 
 
 def _stop_event(run_id: str) -> str:

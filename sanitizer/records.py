@@ -83,6 +83,9 @@ class FileResult:
     audio_kept: bool = False
     dropped_packets: int = 0
     worker: str = ""
+    storage_retries: int = 0  # transient storage errors retried while reading/writing this file
+    # not a column: staged detection parts of this file (audit.DetectionSink), for the driver
+    detection_parts: list[str] = field(default_factory=list)
 
     def to_row(self) -> dict[str, Any]:
         return asdict(self)
@@ -118,7 +121,7 @@ class RunRecord:
     security_measures: str = ""
     host: str = ""
     scheduler: str = ""
-    status: str = "complete"  # complete | interrupted | error
+    status: str = "complete"  # running (while it runs) | complete | interrupted | error
 
     def to_row(self) -> dict[str, Any]:
         return asdict(self)
@@ -157,6 +160,7 @@ FILES_SCHEMA = pa.schema(
         ("audio_kept", pa.bool_()),
         ("dropped_packets", pa.int64()),
         ("worker", pa.string()),
+        ("storage_retries", pa.int64()),
     ],
     metadata=_meta("files"),
 )
