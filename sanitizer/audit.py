@@ -76,10 +76,21 @@ def _read_part(dst: storage.Location, key: str, schema: pa.Schema) -> pa.Table:
     return pa.Table.from_arrays(cols, schema=schema)
 
 
+def live_parts(dst: storage.Location, table: str) -> list[str]:
+    """The parts of a table to read: a part that `compact` merged into a compact part is left
+    out even while it still exists (a compaction stopped before it deleted its inputs)."""
+    keys = parts(dst, table)
+    merged: set[str] = set()
+    for key in keys:
+        if key.rsplit("/", 1)[-1].startswith(COMPACT_PREFIX):
+            merged |= set(_merged_by(dst, key))
+    return [k for k in keys if k not in merged]
+
+
 def read(dst: storage.Location, table: str, run_id: str | None = None) -> pd.DataFrame:
     """All parts of one audit table as a DataFrame (empty, with columns, when none)."""
     schema = SCHEMAS[table]
-    tables = [_read_part(dst, key, schema) for key in parts(dst, table)]
+    tables = [_read_part(dst, key, schema) for key in live_parts(dst, table)]
     tbl = pa.concat_tables(tables) if tables else schema.empty_table()
     df = tbl.to_pandas()
     if run_id is not None and "run_id" in df:
@@ -168,3 +179,94 @@ class DetectionSink:
             self.flush()
         rows, self.rows = self.rows, []
         return rows
+
+
+# ---------------------------------------------------------------- compaction and the index
+COMPACT_PREFIX = "compact-"
+COMPACTED_TABLES = ("files", "detections", "manifest")
+INDEX_KEY = f"{AUDIT_DIR}/index/latest.parquet"
+INDEX_COLUMNS = ("key", "status", "config_fingerprint", "source_sha256", "source_stat", "finished")
+_MERGED = b"sanitizer.merged_parts"
+_COVERS = b"sanitizer.covers"
+
+
+def _merged_by(dst: storage.Location, key: str) -> list[str]:
+    import json
+
+    try:
+        with storage.open_file(dst, key) as f:
+            meta = pq.read_schema(f).metadata or {}
+    except (OSError, pa.ArrowInvalid) as exc:
+        raise StorageError(f"{key}: unreadable audit part ({exc})") from None
+    return json.loads(meta.get(_MERGED, b"[]"))
+
+
+def _latest(tbl: pa.Table) -> pa.Table:
+    """Per key: the latest `ok` row and the latest `failed` row (what the unchanged check
+    needs), columns INDEX_COLUMNS."""
+    df = tbl.select(list(INDEX_COLUMNS)).to_pandas()
+    df = df[df.status.isin(["ok", "failed"])]
+    df = df.sort_values("finished").groupby(["key", "status"]).tail(1)
+    schema = pa.schema([FILES_SCHEMA.field(c) for c in INDEX_COLUMNS])
+    return pa.Table.from_pandas(df.reset_index(drop=True), schema=schema, preserve_index=False)
+
+
+def index_rows(dst: storage.Location) -> pd.DataFrame:
+    """The unchanged check's input: the compact index (if `compact` wrote one) plus the files
+    parts written since; only those parts are read, not the whole history."""
+    import json
+
+    covered: set[str] = set()
+    tables = []
+    if storage.exists(dst, INDEX_KEY):
+        with storage.open_file(dst, INDEX_KEY) as f:
+            idx = pq.read_table(f)
+        covered = set(json.loads((idx.schema.metadata or {}).get(_COVERS, b"[]")))
+        tables.append(idx.replace_schema_metadata(None))
+    for key in live_parts(dst, "files"):
+        if key not in covered:
+            tables.append(_latest(_read_part(dst, key, FILES_SCHEMA)))
+    if not tables:
+        return _latest(FILES_SCHEMA.empty_table()).to_pandas()
+    return _latest(pa.concat_tables(tables)).to_pandas()
+
+
+def compact(dst: storage.Location) -> dict[str, tuple[int, int]]:
+    """Merge the parts of the files, detections and manifest tables into one part each
+    (`compact-<time>.parquet`, which names the parts it merged, so that a compaction stopped
+    half-way never shows a row twice), delete the merged parts, and write the index the
+    unchanged check reads (`_audit/index/latest.parquet`). Call it holding the DST's lease.
+    Returns table -> (parts merged, rows)."""
+    import json
+    import time
+
+    out = {}
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    for table in COMPACTED_TABLES:
+        keys = parts(dst, table)
+        for key in keys:  # finish a compaction that stopped before deleting its inputs
+            if key.rsplit("/", 1)[-1].startswith(COMPACT_PREFIX):
+                for merged in _merged_by(dst, key):
+                    storage.remove(dst, merged)
+        keys = parts(dst, table)
+        if len(keys) <= 1:
+            out[table] = (0, 0)
+            continue
+        schema = SCHEMAS[table]
+        tbl = pa.concat_tables([_read_part(dst, k, schema) for k in keys])
+        names = json.dumps(keys).encode()
+        tbl = tbl.replace_schema_metadata({**(schema.metadata or {}), _MERGED: names})
+        buf = io.BytesIO()
+        pq.write_table(tbl, buf, compression="zstd")
+        storage.put_bytes(dst, table_key(table, f"{COMPACT_PREFIX}{stamp}"), buf.getvalue())
+        for key in keys:
+            storage.remove(dst, key)
+        out[table] = (len(keys), tbl.num_rows)
+    files = live_parts(dst, "files")
+    tables = [_latest(_read_part(dst, k, FILES_SCHEMA)) for k in files]
+    idx = _latest(pa.concat_tables(tables)) if tables else _latest(FILES_SCHEMA.empty_table())
+    idx = idx.replace_schema_metadata({_COVERS: json.dumps(files).encode()})
+    buf = io.BytesIO()
+    pq.write_table(idx, buf, compression="zstd")
+    storage.put_bytes(dst, INDEX_KEY, buf.getvalue())
+    return out

@@ -287,6 +287,13 @@ def run(
             "--force", help="Reprocess files already published unchanged by an earlier run."
         ),
     ] = False,
+    verify_hashes: Annotated[
+        bool,
+        typer.Option(
+            "--verify-hashes",
+            help="Re-hash every source for the unchanged check (default: a source whose size and mtime or ETag match the recorded ones is not read).",
+        ),
+    ] = False,
 ) -> None:
     """Redact every face in every image and video under SRC into DST, with a Parquet audit."""
     try:
@@ -301,6 +308,8 @@ def run(
             scheduler=scheduler,
             skip_unchanged=False if force else None,
         )
+        if verify_hashes:
+            cfg.execution.verify_hashes = True
         code = run_job(src, dst, cfg, dry_run)
     except SanitizerError as exc:
         if _from_interrupt(exc):
@@ -315,6 +324,58 @@ def run(
         )
         raise typer.Exit(130) from None
     raise typer.Exit(code)
+
+
+def _held_dst(dst: str, config: Path | None):
+    """DST as a Location, and a lease on it for a maintenance command."""
+    from sanitizer import commit, job, storage
+
+    cfg = load_config(config)
+    loc = storage.location(dst, cfg.output.storage_options)
+    return loc, commit.Lease(loc, "maintenance-" + job.new_run_id())
+
+
+def audit_compact(
+    dst: Annotated[str, typer.Argument(help="DST folder or URL whose audit to compact.")],
+    config: ConfigOpt = None,
+) -> None:
+    """Merge the audit's parts (files, detections, manifest) into one part each and write the
+    index that makes the unchanged check of the next run read one file, not every part."""
+    from sanitizer import audit, commit
+
+    try:
+        loc, lease = _held_dst(dst, config)
+        with lease:
+            commit.recover(loc, lease.run_id)  # a dead run's parts are settled before merging
+            merged = audit.compact(loc)
+    except SanitizerError as exc:
+        raise _fail(exc) from None
+    for table, (n_parts, n_rows) in merged.items():
+        out.print(f"{table}: {n_parts} parts merged ({n_rows} rows)", highlight=False)
+    out.print(f"index: {loc.uri(audit.INDEX_KEY)}", highlight=False)
+
+
+def audit_repair(
+    dst: Annotated[str, typer.Argument(help="DST folder or URL to settle.")],
+    config: ConfigOpt = None,
+) -> None:
+    """Settle what runs that died left in DST/_staging (promote committed outputs, delete the
+    rest) and close their `running` rows as `interrupted` (the next run does this too)."""
+    from sanitizer import commit
+
+    try:
+        loc, lease = _held_dst(dst, config)
+        with lease:
+            runs = commit.recover(loc, lease.run_id)
+    except SanitizerError as exc:
+        raise _fail(exc) from None
+    out.print(f"settled {_count(len(runs), 'run')}: {', '.join(runs) or 'nothing to do'}")
+
+
+# Registered at top level until `audit` becomes a command group (they belong under it as
+# `audit compact` and `audit repair`).
+app.command("audit-compact")(audit_compact)
+app.command("audit-repair")(audit_repair)
 
 
 @app.command("manifest")

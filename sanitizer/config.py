@@ -148,6 +148,9 @@ class ExecutionConfig:
     # at DST by an earlier run (nightly runs redo only what changed); --force turns it off
     skip_unchanged: bool = True
     memory_limit: str = "auto"
+    # an unchanged source is recognised by its size and mtime (or S3 ETag) as recorded, without
+    # reading it; true re-hashes every source instead (--verify-hashes)
+    verify_hashes: bool = False
 
 
 @dataclass(slots=True)

@@ -40,6 +40,7 @@ class Plan:
     workers: int
     scheduler: str
     previous: dict[str, str] = field(default_factory=dict)  # key -> source sha256 already published
+    previous_stat: dict[str, str] = field(default_factory=dict)  # key -> its recorded source_stat
 
     def counts(self) -> dict[str, int]:
         out = {"image": 0, "video": 0, "other": 0}
@@ -107,8 +108,20 @@ def plan(src_url: str, dst_url: str, cfg: Config, on_event: Event = _noop) -> Pl
         # an embedded cluster spawns no worker that would get no task (a worker costs ~0.4 s
         # of CPU to start: on a one-video run that is CPU the video itself needs)
         workers = max(1, min(workers, len(shards)))
-    previous = published(dst, cfg.fingerprint()) if cfg.execution.skip_unchanged else {}
-    return Plan(new_run_id(), src, dst, items, shards, workers, cfg.execution.scheduler, previous)
+    previous, previous_stat = (
+        published_with_stat(dst, cfg.fingerprint()) if cfg.execution.skip_unchanged else ({}, {})
+    )
+    return Plan(
+        new_run_id(),
+        src,
+        dst,
+        items,
+        shards,
+        workers,
+        cfg.execution.scheduler,
+        previous,
+        previous_stat,
+    )
 
 
 def run_job(src_url: str, dst_url: str, config=None, on_event: Event | None = None) -> Summary:
@@ -127,21 +140,33 @@ def run_job(src_url: str, dst_url: str, config=None, on_event: Event | None = No
 
 
 def published(dst: storage.Location, fingerprint: str) -> dict[str, str]:
-    """key -> source sha256 of the latest `ok` output per key made with this config."""
+    """key -> source sha256 of the outputs at DST made with this config (the latest `ok` row
+    of the key has this fingerprint and no `failed` row came after it)."""
+    return published_with_stat(dst, fingerprint)[0]
+
+
+def published_with_stat(
+    dst: storage.Location, fingerprint: str
+) -> tuple[dict[str, str], dict[str, str]]:
+    """(key -> source sha256, key -> source_stat) of the outputs at DST made with this config.
+    Reads the compact index and the parts written since (`audit.index_rows`)."""
     if not audit.parts(dst, "files"):
-        return {}  # a new DST (and no pandas import on the way to the cluster start)
-    files = audit.read(dst, "files")
-    if files.empty:
-        return {}
-    ok = files[(files.status == "ok") & (files.config_fingerprint == fingerprint)]
-    latest = ok.sort_values("finished").groupby("key").tail(1)
-    failed_later = files[files.status == "failed"].groupby("key")["finished"].max()
-    out = {}
-    for row in latest.itertuples():
-        if row.key in failed_later.index and failed_later[row.key] > row.finished:
+        return {}, {}  # a new DST (and no pandas import on the way to the cluster start)
+    rows = audit.index_rows(dst)
+    if rows.empty:
+        return {}, {}
+    latest_ok = rows[rows.status == "ok"].set_index("key")
+    failed = rows[rows.status == "failed"].set_index("key")["finished"]
+    sha, stat = {}, {}
+    for key, row in latest_ok.iterrows():
+        if row.config_fingerprint != fingerprint:
             continue
-        out[row.key] = row.source_sha256
-    return out
+        if key in failed.index and failed[key] > row.finished:
+            continue
+        sha[key] = row.source_sha256
+        if isinstance(row.source_stat, str) and row.source_stat:
+            stat[key] = row.source_stat
+    return sha, stat
 
 
 def run(p: Plan, cfg: Config, on_event: Event = _noop, local=None) -> Summary:
@@ -297,7 +322,17 @@ def _run_held(
         if cluster is not None:
             client, info = connected()
             on_event("cluster", address=info.address, workers=info.workers, embedded=info.embedded)
-            map_shards(client, p.shards, p.run_id, cfg, p.src.url, p.dst.url, on_shard, p.previous)
+            map_shards(
+                client,
+                p.shards,
+                p.run_id,
+                cfg,
+                p.src.url,
+                p.dst.url,
+                on_shard,
+                p.previous,
+                p.previous_stat,
+            )
     except KeyboardInterrupt:
         status = "interrupted"
         raise

@@ -43,6 +43,8 @@ class Context:
     previous: dict[str, str] = field(default_factory=dict)
     # asked right before an output is written; False when the run was stopped meanwhile
     may_publish: Callable[[], bool] | None = None
+    # key -> source_stat recorded with those outputs (size and mtime or ETag)
+    previous_stat: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def create(
@@ -99,6 +101,19 @@ def _check_may_publish(ctx: Context) -> None:
 def _skip_if_unchanged(item: MediaItem, ctx: Context, digest: str) -> None:
     if ctx.previous.get(item.key) == digest and storage.exists(ctx.dst, item.key):
         raise _Unchanged
+
+
+def _skip_if_same_stat(item: MediaItem, ctx: Context, res: FileResult) -> None:
+    """Before reading the source: a source whose size and mtime (or ETag) are those recorded
+    with its published output is unchanged, without being read and hashed again (unless
+    execution.verify_hashes)."""
+    res.source_stat = storage.stat_token(ctx.src, item.key)
+    if ctx.cfg.execution.verify_hashes or item.key not in ctx.previous:
+        return
+    if res.source_stat and ctx.previous_stat.get(item.key) == res.source_stat:
+        res.source_sha256 = ctx.previous[item.key]
+        if storage.exists(ctx.dst, item.key):
+            raise _Unchanged
 
 
 def detection_rows(
@@ -222,6 +237,7 @@ def process_item(item: MediaItem, ctx: Context) -> tuple[dict[str, Any], list[di
 def _process_image(item: MediaItem, ctx: Context, res: FileResult) -> list[dict[str, Any]]:
     from sanitizer.media import image
 
+    _skip_if_same_stat(item, ctx, res)
     data = storage.read_bytes(ctx.src, item.key)
     _sniffed(item, data)
     res.source_sha256 = hashlib.sha256(data).hexdigest()
@@ -259,6 +275,7 @@ def _check_complete(out, ctx: Context) -> None:
 def _process_video(item: MediaItem, ctx: Context, res: FileResult) -> list[dict[str, Any]]:
     from sanitizer.media import video
 
+    _skip_if_same_stat(item, ctx, res)
     with storage.local_copy(ctx.src, item.key) as (src_path, digest):
         with open(src_path, "rb") as f:
             container = _sniffed(item, f.read(HEAD_BYTES))

@@ -84,6 +84,7 @@ class FileResult:
     dropped_packets: int = 0
     worker: str = ""
     storage_retries: int = 0  # transient storage errors retried while reading/writing this file
+    source_stat: str = ""  # size and mtime (local) or ETag (S3) of the source when it was read
     # not a column: staged detection parts of this file (audit.DetectionSink), for the driver
     detection_parts: list[str] = field(default_factory=list)
 
@@ -161,6 +162,7 @@ FILES_SCHEMA = pa.schema(
         ("dropped_packets", pa.int64()),
         ("worker", pa.string()),
         ("storage_retries", pa.int64()),
+        ("source_stat", pa.string()),
     ],
     metadata=_meta("files"),
 )

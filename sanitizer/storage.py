@@ -190,6 +190,18 @@ def walk(loc: Location, include_hidden: bool = False) -> Iterator[tuple[str, int
         yield key, int(info.get("size") or 0)
 
 
+def stat_token(loc: Location, key: str) -> str:
+    """What identifies the current bytes of `key` without reading them: size and modification
+    time (local), size and ETag (S3), "" when the filesystem gives neither."""
+    try:
+        info = retrying(lambda: loc.fs.info(loc.path(key)))
+    except _io_errors():
+        return ""
+    size = info.get("size")
+    tag = info.get("ETag") or info.get("etag") or info.get("mtime") or info.get("LastModified")
+    return f"{size}:{tag}" if size is not None and tag else ""
+
+
 def read_head(loc: Location, key: str, n: int = 64) -> bytes:
     try:
         with loc.fs.open(loc.path(key), "rb") as f:

@@ -282,3 +282,66 @@ def test_detection_rows_are_written_in_parts_as_they_come(locs):
     small = audit.DetectionSink(dst, "r2", "a.jpg")
     small.add_frame(0, 0.0, Detections([[0, 0, 9, 9]], [0.9]))
     assert len(small.pending()) == 1 and small.parts == []
+
+
+def test_unchanged_source_is_not_read_again_when_its_stat_matches(locs, monkeypatch):
+    src, dst = locs
+    storage.put_bytes(src, "a.jpg", jpeg_bytes(astronaut()))
+    row, _ = process_item(_item(src, "a.jpg"), _ctx("r1", src, dst))
+    audit.write_part(dst, "files", "r1-000001", [row])
+    commit.publish(dst, "r1", [row])
+    assert row["source_stat"].startswith(f"{os.path.getsize(src.path('a.jpg'))}:")
+    from sanitizer import job
+
+    sha, stat = job.published_with_stat(dst, Config().fingerprint())
+    assert sha == {"a.jpg": row["source_sha256"]} and stat == {"a.jpg": row["source_stat"]}
+    ctx = _ctx("r2", src, dst)
+    ctx.previous, ctx.previous_stat = sha, stat
+
+    def no_read(*a, **kw):
+        raise AssertionError("the source was read")
+
+    monkeypatch.setattr(storage, "read_bytes", no_read)
+    again, _ = process_item(_item(src, "a.jpg"), ctx)
+    assert again["status"] == "skipped" and again["error"].startswith("unchanged")
+    assert again["source_sha256"] == row["source_sha256"]
+    # --verify-hashes reads and hashes it
+    ctx.cfg = from_dict({"execution": {"verify_hashes": True}})
+    verified, _ = process_item(_item(src, "a.jpg"), ctx)
+    assert "the source was read" in verified["error"]
+
+
+def test_compact_merges_parts_and_the_index_answers_the_unchanged_check(locs):
+    src, dst = locs
+    from sanitizer import job
+
+    for i in range(3):
+        storage.put_bytes(src, f"{i}.jpg", jpeg_bytes(astronaut()[i:].copy()))
+    for run_id in ["r1", "r2"]:
+        for i in range(3):
+            row, dets = process_item(_item(src, f"{i}.jpg"), _ctx(run_id, src, dst))
+            audit.write_part(dst, "detections", f"{run_id}-{i:06d}", dets)
+            audit.write_part(dst, "files", f"{run_id}-{i:06d}", [row])
+            commit.publish(dst, run_id, [row])
+    fp = Config().fingerprint()
+    before_files = audit.read(dst, "files").sort_values(["run_id", "key"]).reset_index(drop=True)
+    before_published = job.published(dst, fp)
+    merged = audit.compact(dst)
+    assert merged["files"] == (6, 6) and len(audit.parts(dst, "files")) == 1
+    after = audit.read(dst, "files").sort_values(["run_id", "key"]).reset_index(drop=True)
+    assert after.equals(before_files) and len(audit.read(dst, "detections")) == 6 * 1
+    assert job.published(dst, fp) == before_published and len(before_published) == 3
+    # a part written after the compaction is read with the index
+    storage.put_bytes(src, "0.jpg", b"\xff\xd8\xff\xe0 broken now")
+    row, _ = process_item(_item(src, "0.jpg"), _ctx("r3", src, dst))
+    audit.write_part(dst, "files", "r3-000001", [row])
+    assert set(job.published(dst, fp)) == {"1.jpg", "2.jpg"}
+    # a compaction stopped before deleting what it merged shows no row twice
+    audit.write_part(
+        dst,
+        "files",
+        "r1-000000",
+        [before_files.iloc[0].to_dict() | {"finished": 0.0, "started": 0.0}],
+    )
+    assert len(audit.read(dst, "files")) == 7, "a merged part still there is not read twice"
+    check_invariant(dst)
