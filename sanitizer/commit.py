@@ -151,7 +151,11 @@ def settle(dst: storage.Location, run_id: str, dead: bool = True) -> tuple[int, 
     (and whose bytes are those the row names), delete the rest; for a run that died (`dead`),
     also carry out the removals its rows recorded. Returns (promoted, deleted)."""
     prefix = f"{storage.STAGING}/{run_id}/"
-    staged = [k for k in storage.list_prefix(dst, prefix.rstrip("/")) if k.startswith(prefix)]
+    staged = [
+        k
+        for k in storage.list_prefix(dst, prefix.rstrip("/"))
+        if k.startswith(prefix) and k != prefix + RUNNING_MARKER
+    ]
     if not staged and not dead:
         storage.remove_tree(dst, prefix.rstrip("/"))
         return 0, 0  # the usual end of a run: everything was published as it went
@@ -216,18 +220,27 @@ def staged_runs(dst: storage.Location) -> set[str]:
     return out
 
 
+def mark_running(dst: storage.Location, run_id: str) -> None:
+    """Mark the run's staging area as in use: it then exists until the run has settled it, so
+    that the next run finds a run that died by listing `_staging/` alone."""
+    storage.put_bytes(dst, f"{storage.STAGING}/{run_id}/{RUNNING_MARKER}", b"")
+
+
+RUNNING_MARKER = ".running"
+
+
 def recover(dst: storage.Location, current_run_id: str) -> list[str]:
     """Before a run (holding the lease): settle what earlier runs that died left in staging and
-    close their `running` rows as `interrupted`. Returns the run ids recovered."""
-    runs = audit.read(dst, "runs") if audit.parts(dst, "runs") else None
-    dead = set()
-    if runs is not None and not runs.empty:
-        dead = set(runs.loc[runs.status == "running", "run_id"]) - {current_run_id}
-    todo = sorted((staged_runs(dst) | dead) - {current_run_id})
+    close their `running` rows as `interrupted`. Lists `_staging/` and reads only those runs'
+    rows. Returns the run ids recovered."""
+    todo = sorted(staged_runs(dst) - {current_run_id})
     for run_id in todo:
         settle(dst, run_id)
-        if run_id in dead:
-            _close_dead_run(dst, runs[runs.run_id == run_id].iloc[-1].to_dict())
+        key = audit.table_key("runs", run_id)
+        if storage.exists(dst, key):
+            row = audit.read_run(dst, "runs", run_id)
+            if not row.empty and row.status.iloc[-1] == "running":
+                _close_dead_run(dst, row.iloc[-1].to_dict())
     return todo
 
 

@@ -232,7 +232,7 @@ def _run(
     connected: Callable[[], Any],
     close_cluster: Callable[[], None],
 ) -> Summary:
-    from sanitizer.commit import Lease, recover, settle
+    from sanitizer.commit import Lease, mark_running, recover, settle
     from sanitizer.detect import describe
 
     # fail before any work if the model is missing; the workers load it (the driver runs none)
@@ -245,6 +245,7 @@ def _run(
         if recovered:
             on_event("recovered", runs=recovered)
         summary = Summary(p.run_id, p.dst.url, audit.audit_uri(p.dst), n_files=len(p.items))
+        mark_running(p.dst, p.run_id)  # first: a run row `running` always has its marker
         _write_run(p, cfg, detector, summary, started, "running")
         completed = False
         try:
