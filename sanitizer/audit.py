@@ -223,9 +223,11 @@ def index_rows(dst: storage.Location) -> pd.DataFrame:
             idx = pq.read_table(f)
         covered = set(json.loads((idx.schema.metadata or {}).get(_COVERS, b"[]")))
         tables.append(idx.replace_schema_metadata(None))
+    schema = pa.schema([FILES_SCHEMA.field(c) for c in INDEX_COLUMNS])
     for key in live_parts(dst, "files"):
         if key not in covered:
-            tables.append(_latest(_read_part(dst, key, FILES_SCHEMA)))
+            tables.append(_read_part(dst, key, FILES_SCHEMA).select(list(INDEX_COLUMNS)))
+    tables = [t.cast(schema) for t in tables]
     if not tables:
         return _latest(FILES_SCHEMA.empty_table()).to_pandas()
     return _latest(pa.concat_tables(tables)).to_pandas()

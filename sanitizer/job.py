@@ -155,18 +155,13 @@ def published_with_stat(
     rows = audit.index_rows(dst)
     if rows.empty:
         return {}, {}
-    latest_ok = rows[rows.status == "ok"].set_index("key")
-    failed = rows[rows.status == "failed"].set_index("key")["finished"]
-    sha, stat = {}, {}
-    for key, row in latest_ok.iterrows():
-        if row.config_fingerprint != fingerprint:
-            continue
-        if key in failed.index and failed[key] > row.finished:
-            continue
-        sha[key] = row.source_sha256
-        if isinstance(row.source_stat, str) and row.source_stat:
-            stat[key] = row.source_stat
-    return sha, stat
+    ok = rows[rows.status == "ok"]
+    failed = rows.loc[rows.status == "failed", ["key", "finished"]]
+    m = ok.merge(failed.rename(columns={"finished": "failed_at"}), on="key", how="left")
+    m = m[(m.config_fingerprint == fingerprint) & ~(m.failed_at > m.finished)]
+    sha = dict(zip(m.key, m.source_sha256, strict=True))
+    with_stat = m[m.source_stat.notna() & (m.source_stat != "")]
+    return sha, dict(zip(with_stat.key, with_stat.source_stat, strict=True))
 
 
 def run(p: Plan, cfg: Config, on_event: Event = _noop, local=None) -> Summary:
