@@ -61,10 +61,13 @@ def parts(dst: storage.Location, table: str) -> list[str]:
 
 
 def _read_part(dst: storage.Location, key: str, schema: pa.Schema) -> pa.Table:
-    """One part with `schema`; columns added to the schema after the part was written are null."""
+    """One part with `schema` (only its columns are read); columns added to the schema after
+    the part was written are null."""
     try:
         with storage.open_file(dst, key) as f:
-            tbl = pq.read_table(f)
+            pf = pq.ParquetFile(f)
+            present = set(pf.schema_arrow.names)
+            tbl = pf.read(columns=[c for c in schema.names if c in present])
     except (OSError, pa.ArrowInvalid) as exc:
         raise StorageError(f"{key}: unreadable audit part ({exc})") from None
     cols = [
@@ -226,7 +229,7 @@ def index_rows(dst: storage.Location) -> pd.DataFrame:
     schema = pa.schema([FILES_SCHEMA.field(c) for c in INDEX_COLUMNS])
     for key in live_parts(dst, "files"):
         if key not in covered:
-            tables.append(_read_part(dst, key, FILES_SCHEMA).select(list(INDEX_COLUMNS)))
+            tables.append(_read_part(dst, key, schema))
     tables = [t.cast(schema) for t in tables]
     if not tables:
         return _latest(FILES_SCHEMA.empty_table()).to_pandas()
