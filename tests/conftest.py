@@ -49,6 +49,15 @@ def faces_folder(src: Path, n: int) -> Path:
     return src
 
 
+def default_sigint() -> None:
+    """preexec_fn of a CLI that a test interrupts: SIGINT back to its default, in case the
+    test runner itself was started with SIGINT ignored (a background job of a script), which
+    the CLI would inherit and Ctrl-C would then do nothing."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def interrupt_cli(
     *args: str, after_s: float, timeout: float = 90, env: dict[str, str] | None = None
 ) -> tuple[int, str, str]:
@@ -65,6 +74,7 @@ def interrupt_cli(
         start_new_session=True,
         stdin=subprocess.DEVNULL,
         env={**os.environ, **(env or {})},
+        preexec_fn=default_sigint,
     )
     try:
         for line in proc.stderr:  # wait until the cluster runs

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from sanitizer import audit, storage
-from tests.conftest import check_invariant, faces_folder, run_cli
+from tests.conftest import check_invariant, default_sigint, faces_folder, run_cli
 from tests.servers import S3Server, s3_server  # noqa: F401 - fixture
 
 pytestmark = pytest.mark.integration
@@ -65,6 +65,7 @@ def _trial(rng: random.Random, src: str, dst: str, env: dict[str, str], force: b
         start_new_session=True,
         stdin=subprocess.DEVNULL,
         env={**os.environ, **env},
+        preexec_fn=default_sigint,
     )
     try:
         for line in proc.stderr:

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from tests.conftest import check_invariant, faces_folder, interrupt_cli, run_cli
+from tests.conftest import check_invariant, default_sigint, faces_folder, interrupt_cli, run_cli
 
 
 @pytest.fixture(scope="module")
@@ -463,6 +463,7 @@ def test_a_second_run_into_a_held_dst_exits_2(tmp_path):
         text=True,
         start_new_session=True,
         stdin=subprocess.DEVNULL,
+        preexec_fn=default_sigint,
     )
     try:
         for line in first.stderr:
