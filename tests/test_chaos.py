@@ -51,8 +51,9 @@ def _kill_a_worker(driver_pid: int) -> bool:
     return True
 
 
-def _trial(rng: random.Random, src: str, dst: str, env: dict[str, str], force: bool) -> str:
-    action = rng.choice(ACTIONS)
+def _trial(
+    rng: random.Random, action: str, src: str, dst: str, env: dict[str, str], force: bool
+) -> str:
     delay = rng.uniform(0.0, 2.5)
     args = [sys.executable, "-m", "sanitizer", "run", src, dst, "--workers", "2"]
     if force:
@@ -94,8 +95,9 @@ def _chaos(src: str, dst: str, loc: storage.Location, env: dict[str, str], trial
     assert first.returncode == 0, first.stderr
     expected = _outputs(loc)
     done = []
+    actions = rng.sample(ACTIONS, len(ACTIONS))  # every kind of interruption, in a seeded order
     for i in range(trials):
-        done.append(_trial(rng, src, dst, env, force=i % 2 == 0))
+        done.append(_trial(rng, actions[i % len(actions)], src, dst, env, force=i % 2 == 0))
         check_invariant(loc, allow_staged=True)
         assert _outputs(loc) == expected, f"an earlier output was lost after {done}"
     final = run_cli("run", src, dst, "--workers", "2", env=env, timeout=300)
@@ -108,7 +110,7 @@ def _chaos(src: str, dst: str, loc: storage.Location, env: dict[str, str], trial
 
 
 def test_chaos_on_a_local_dst(tmp_path: Path) -> None:
-    src = faces_folder(tmp_path / "src", 40)
+    src = faces_folder(tmp_path / "src", 24)
     dst = tmp_path / "dst"
     _chaos(str(src), str(dst), storage.location(str(dst)), {}, trials=4)
 
@@ -116,7 +118,7 @@ def test_chaos_on_a_local_dst(tmp_path: Path) -> None:
 def test_chaos_on_s3(s3_server: S3Server, tmp_path: Path) -> None:  # noqa: F811
     bucket = f"chaos-{uuid.uuid4().hex[:8]}"
     s3_server.fs().mkdir(bucket)
-    src = faces_folder(tmp_path / "src", 30)
+    src = faces_folder(tmp_path / "src", 16)
     dst = f"s3://{bucket}/out"
     loc = storage.location(dst, s3_server.storage_options)
     _chaos(str(src), dst, loc, s3_server.env(), trials=3)

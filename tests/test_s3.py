@@ -308,14 +308,14 @@ def test_ctrl_c_of_a_forced_rerun_on_s3_keeps_every_earlier_output(
     earlier output; staged outputs are promoted by server-side copy only after their rows."""
     from sanitizer import storage
 
-    src = faces_folder(tmp_path / "src", 40)
+    src = faces_folder(tmp_path / "src", 30)
     dst = f"s3://{bucket}/out"
     env = s3_server.env()
     first = run_cli("run", str(src), dst, "--workers", "2", env=env, timeout=300)
     assert first.returncode == 0, first.stderr
     fs = s3_server.fs()
     before = {p.rsplit("/", 1)[-1]: fs.cat(p) for p in fs.find(f"{bucket}/out") if "/_" not in p}
-    assert len(before) == 40
+    assert len(before) == 30
     code, _, errs = interrupt_cli(
         "run", str(src), dst, "--workers", "2", "--force", "--method", "solid", after_s=1.0, env=env
     )
