@@ -235,6 +235,13 @@ def _run_job(plan, cfg, dry_run: bool, local) -> int:
         if name == "cluster":
             where = "embedded LocalCluster" if data["embedded"] else data["address"]
             _note(f"  dask: {_count(data['workers'], 'worker')} ({where})")
+        elif name == "recovered":
+            _note(
+                f"  settled what {_count(len(data['runs']), 'earlier run')} left unfinished: "
+                + ", ".join(data["runs"])
+            )
+        elif name == "publish_error":
+            err.print(f"  [red]not yet published[/]: {data['error']}", highlight=False)
         elif name == "model_prepare":
             _note("  model: deriving the int8 CenterFace network (once per machine, ~7 s)")
         elif name == "progress":
@@ -340,6 +347,13 @@ def run(
         typer.Option("--json", help="Print only a one-line JSON summary at the end (stdout)."),
     ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only errors.")] = False,
+    verify_hashes: Annotated[
+        bool,
+        typer.Option(
+            "--verify-hashes",
+            help="Re-hash every source for the unchanged check (default: a source whose size and mtime or ETag match the recorded ones is not read).",
+        ),
+    ] = False,
 ) -> None:
     """Redact every face in every image and video under SRC into DST, with a Parquet audit."""
     _RunOutput.quiet, _RunOutput.json = quiet, as_json
@@ -358,6 +372,8 @@ def run(
             skip_unchanged=False if force else None,
         )
         _check_record(cfg, require_record)  # compliance (issue 14)
+        if verify_hashes:
+            cfg.execution.verify_hashes = True
         code = run_job(src, dst, cfg, dry_run)
     except SanitizerError as exc:
         if _from_interrupt(exc):
@@ -388,6 +404,52 @@ def _check_record(cfg, require: bool) -> None:
             f"{'--require-record' if require else 'record.required: true'} makes mandatory; nothing was processed"
         )
     _RunOutput.record_warning = text
+
+
+def _held_dst(dst: str, config: Path | None):
+    """DST as a Location, and a lease on it for a maintenance command."""
+    from sanitizer import commit, job, storage
+
+    cfg = load_config(config)
+    loc = storage.location(dst, cfg.output.storage_options)
+    return loc, commit.Lease(loc, "maintenance-" + job.new_run_id())
+
+
+def audit_compact(
+    dst: Annotated[str, typer.Argument(help="DST folder or URL whose audit to compact.")],
+    config: ConfigOpt = None,
+) -> None:
+    """Merge the audit's parts (files, detections, manifest) into one part each and write the
+    index that makes the unchanged check of the next run read one file, not every part."""
+    from sanitizer import audit, commit
+
+    try:
+        loc, lease = _held_dst(dst, config)
+        with lease:
+            commit.recover(loc, lease.run_id)  # a dead run's parts are settled before merging
+            merged = audit.compact(loc)
+    except SanitizerError as exc:
+        raise _fail(exc) from None
+    for table, (n_parts, n_rows) in merged.items():
+        out.print(f"{table}: {n_parts} parts merged ({n_rows} rows)", highlight=False)
+    out.print(f"index: {loc.uri(audit.INDEX_KEY)}", highlight=False)
+
+
+def audit_repair(
+    dst: Annotated[str, typer.Argument(help="DST folder or URL to settle.")],
+    config: ConfigOpt = None,
+) -> None:
+    """Settle what runs that died left in DST/_staging (promote committed outputs, delete the
+    rest) and close their `running` rows as `interrupted` (the next run does this too)."""
+    from sanitizer import commit
+
+    try:
+        loc, lease = _held_dst(dst, config)
+        with lease:
+            runs = commit.recover(loc, lease.run_id)
+    except SanitizerError as exc:
+        raise _fail(exc) from None
+    out.print(f"settled {_count(len(runs), 'run')}: {', '.join(runs) or 'nothing to do'}")
 
 
 @app.command("manifest")
@@ -463,6 +525,8 @@ audit_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(audit_app, name="audit")
+audit_app.command("compact")(audit_compact)
+audit_app.command("repair")(audit_repair)
 config_app = typer.Typer(help="Show the effective configuration.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 

@@ -151,6 +151,9 @@ class VideoConfig:
     # H.264: quantizer offset inside redacted regions, as a fraction of x264's QP range (0.2 =
     # +10 QP). What is left there is a blur: x264 spends fewer bits and less time on it.
     redacted_qoffset: float = 0.2
+    # A video that cannot be fully decoded (a file cut mid-stream, packets the decoder rejects)
+    # fails by default; true publishes the decodable part, dropped packets counted in the row.
+    allow_partial: bool = False
 
 
 @dataclass(slots=True)
@@ -161,6 +164,9 @@ class OutputConfig:
         3  # zlib level of PNG outputs (0-9): 3 is ~2.5x faster than 6, ~3% bigger
     )
     storage_options: dict[str, Any] = field(default_factory=dict)  # passed to fsspec for DST
+    # A file that fails (or whose source cannot be read) keeps the output an earlier run
+    # published at its key, and its row says so; false removes that output (the row says so).
+    keep_last_good: bool = True
 
 
 @dataclass(slots=True)
@@ -175,6 +181,9 @@ class ExecutionConfig:
     # at DST by an earlier run (nightly runs redo only what changed); --force turns it off
     skip_unchanged: bool = True
     memory_limit: str = "auto"
+    # an unchanged source is recognised by its size and mtime (or S3 ETag) as recorded, without
+    # reading it; true re-hashes every source instead (--verify-hashes)
+    verify_hashes: bool = False
 
 
 @dataclass(slots=True)
@@ -227,6 +236,7 @@ class Config:
         relevant["detect"].pop("threads", None)
         relevant["video"].pop("threads", None)
         relevant["output"].pop("storage_options", None)
+        relevant["output"].pop("keep_last_good", None)  # which outputs stay, not their pixels
         blob = json.dumps(relevant, sort_keys=True, default=list).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 

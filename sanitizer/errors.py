@@ -3,6 +3,7 @@
     SanitizerError                 base of everything below
     ├── ConfigError                bad option, unknown registry name, unreadable config file
     ├── StorageError               cannot list/read/write a location; DST inside SRC
+    │   └── LeaseHeld              another live run holds DST
     ├── DetectorError              model missing or unusable
     ├── ClusterError               cannot start or reach the Dask cluster
     └── MediaError                 one file could not be handled (becomes an audit row)
@@ -44,3 +45,7 @@ class DecodeError(MediaError):
 
 class EncodeError(MediaError):
     """The redacted output could not be encoded or written."""
+
+
+class LeaseHeld(StorageError):
+    """Another run holds DST (one run per DST at a time)."""

@@ -30,8 +30,6 @@ if TYPE_CHECKING:  # not imported at run time: `prestart` spawns before pyarrow 
 ShardResult = list[tuple[dict[str, Any], list[dict[str, Any]]]]
 
 # ---------------------------------------------------------------- worker side
-# Integration tests set this to a key fragment to simulate a decoder that kills its process.
-_TEST_CRASH_ENV = "SANITIZER_TEST_CRASH_KEY"
 _STATE: dict[str, Any] = {}
 _STATE_LOCK = threading.Lock()
 
@@ -63,6 +61,7 @@ def _worker_context(
     src_url: str,
     dst_url: str,
     previous: dict[str, str] | None = None,
+    previous_stat: dict[str, str] | None = None,
 ):
     """Per-process cache: the detector and the storage locations are made once per process."""
     from sanitizer import storage
@@ -83,7 +82,9 @@ def _worker_context(
             _STATE["src"] = storage.location(src_url, cfg.input.storage_options)
             _STATE["dst"] = storage.location(dst_url, cfg.output.storage_options)
             _STATE["loc_key"] = loc_key
-        return Context.create(run_id, cfg, detector, _STATE["src"], _STATE["dst"], previous)
+        ctx = Context.create(run_id, cfg, detector, _STATE["src"], _STATE["dst"], previous)
+    ctx.previous_stat = previous_stat or {}
+    return ctx
 
 
 def process_shard(
@@ -93,22 +94,17 @@ def process_shard(
     src_url: str,
     dst_url: str,
     previous: dict[str, str] | None = None,
+    previous_stat: dict[str, str] | None = None,
 ) -> ShardResult:
     """Task function: process every item of a shard; never raises for a bad file."""
     from sanitizer.process import process_item
 
-    ctx = _worker_context(run_id, cfg_dict, src_url, dst_url, previous)
+    ctx = _worker_context(run_id, cfg_dict, src_url, dst_url, previous, previous_stat)
     if cfg_dict["execution"]["scheduler"]:
         # someone else's cluster outlives an interrupted driver: publish only while the run
         # has not been stopped (see stop_remote_tasks)
         ctx.may_publish = lambda: not _run_stopped(run_id)
-    crash_on = os.environ.get(_TEST_CRASH_ENV)
-    results = []
-    for item in items:
-        if crash_on and crash_on in item.key:  # tests only: a native crash that kills the worker
-            os._exit(70)
-        results.append(process_item(item, ctx))
-    return results
+    return [process_item(item, ctx) for item in items]
 
 
 def _stop_event(run_id: str) -> str:
@@ -469,6 +465,7 @@ def map_shards(
     dst_url: str,
     on_shard: Callable[[list[MediaItem], ShardResult | None, str], None],
     previous: dict[str, str] | None = None,
+    previous_stat: dict[str, str] | None = None,
 ) -> None:
     """Submit every shard and call `on_shard(items, results, error)` as each one finishes.
 
@@ -485,6 +482,7 @@ def map_shards(
         nonlocal counter
         counter += 1
         prev = {i.key: previous[i.key] for i in items if previous and i.key in previous}
+        stat = {k: previous_stat[k] for k in prev if previous_stat and k in previous_stat}
         fut = client.submit(
             process_shard,
             items,
@@ -493,6 +491,7 @@ def map_shards(
             src_url,
             dst_url,
             prev,
+            stat,
             key=f"sanitize-{run_id}-{counter:06d}",
             retries=retries,
             pure=False,

@@ -42,6 +42,7 @@ class Plan:
     scheduler: str
     previous: dict[str, str] = field(default_factory=dict)  # key -> source sha256 already published
     erased: dict[str, str] = field(default_factory=dict)  # key -> skip reason (erase.py)
+    previous_stat: dict[str, str] = field(default_factory=dict)  # key -> its recorded source_stat
 
     def counts(self) -> dict[str, int]:
         out = {"image": 0, "video": 0, "other": 0}
@@ -95,6 +96,9 @@ def plan(src_url: str, dst_url: str, cfg: Config, on_event: Event = _noop) -> Pl
     items = manifest.build(
         src, include_hidden=cfg.input.include_hidden, with_hash=False, trust_extensions=True
     )
+    from sanitizer.commit import check_lease
+
+    check_lease(dst)  # a DST that another live run holds is refused before any work
     workers = cfg.execution.workers or os.cpu_count() or 1
     # compliance (issue 14): sources erased on request are not processed again (until --force)
     erased = erase.held_back(dst, items, cfg.execution.skip_unchanged)
@@ -108,32 +112,67 @@ def plan(src_url: str, dst_url: str, cfg: Config, on_event: Event = _noop) -> Pl
         # an embedded cluster spawns no worker that would get no task (a worker costs ~0.4 s
         # of CPU to start: on a one-video run that is CPU the video itself needs)
         workers = max(1, min(workers, len(shards)))
-    previous = published(dst, cfg.fingerprint()) if cfg.execution.skip_unchanged else {}
+    previous, previous_stat = (
+        published_with_stat(dst, cfg.fingerprint()) if cfg.execution.skip_unchanged else ({}, {})
+    )
     return Plan(
-        new_run_id(), src, dst, items, shards, workers, cfg.execution.scheduler, previous, erased
+        new_run_id(),
+        src,
+        dst,
+        items,
+        shards,
+        workers,
+        cfg.execution.scheduler,
+        previous,
+        previous_stat=previous_stat,
+        erased=erased,
     )
 
 
+def run_job(src_url: str, dst_url: str, config=None, on_event: Event | None = None) -> Summary:
+    """Plan and run a job (`sanitizer.run`, which the CLI calls too). `config`: a Config, a dict
+    of sections, a YAML path, or None for the defaults."""
+    from sanitizer import config as config_mod
+
+    if isinstance(config, Config):
+        cfg = config
+    elif isinstance(config, dict):
+        cfg = config_mod.from_dict(config)
+    else:
+        cfg = config_mod.load(config)
+    on_event = on_event or _noop
+    return run(plan(src_url, dst_url, cfg, on_event), cfg, on_event)
+
+
 def published(dst: storage.Location, fingerprint: str) -> dict[str, str]:
-    """key -> source sha256 of the latest `ok` output per key made with this config."""
+    """key -> source sha256 of the outputs at DST made with this config (the latest `ok` row
+    of the key has this fingerprint and no `failed` row came after it)."""
+    return published_with_stat(dst, fingerprint)[0]
+
+
+def published_with_stat(
+    dst: storage.Location, fingerprint: str
+) -> tuple[dict[str, str], dict[str, str]]:
+    """(key -> source sha256, key -> source_stat) of the outputs at DST made with this config.
+    Reads the compact index and the parts written since (`audit.index_rows`)."""
     if not audit.parts(dst, "files"):
-        return {}  # a new DST (and no pandas import on the way to the cluster start)
-    files = audit.read(dst, "files")
-    if files.empty:
-        return {}
-    ok = files[(files.status == "ok") & (files.config_fingerprint == fingerprint)]
-    latest = ok.sort_values("finished").groupby("key").tail(1)
-    failed_later = files[files.status == "failed"].groupby("key")["finished"].max()
-    out = {}
-    for row in latest.itertuples():
-        if row.key in failed_later.index and failed_later[row.key] > row.finished:
-            continue
-        out[row.key] = row.source_sha256
-    return out
+        return {}, {}  # a new DST (and no pandas import on the way to the cluster start)
+    rows = audit.index_rows(dst)
+    if rows.empty:
+        return {}, {}
+    ok = rows[rows.status == "ok"]
+    failed = rows.loc[rows.status == "failed", ["key", "finished"]]
+    m = ok.merge(failed.rename(columns={"finished": "failed_at"}), on="key", how="left")
+    m = m[(m.config_fingerprint == fingerprint) & ~(m.failed_at > m.finished)]
+    sha = dict(zip(m.key, m.source_sha256, strict=True))
+    with_stat = m[m.source_stat.notna() & (m.source_stat != "")]
+    return sha, dict(zip(with_stat.key, with_stat.source_stat, strict=True))
 
 
 def run(p: Plan, cfg: Config, on_event: Event = _noop, local=None) -> Summary:
-    """Process a plan; audit parts are written as shards finish, the run row at the end.
+    """Process a plan under the DST's lease (README "Commit protocol"): the run row is written
+    at start (`running`), audit parts as shards finish (each shard's outputs promoted after its
+    rows), the run row again at the end.
     `local`: the embedded cluster from `execute.prestart`, if one was started (closed here)."""
     from sanitizer.execute import LocalWorkers, client_for
 
@@ -184,23 +223,6 @@ def run(p: Plan, cfg: Config, on_event: Event = _noop, local=None) -> Summary:
             close_cluster()
 
 
-def _unpublish_unrecorded(p: Plan, recorded: set[str]) -> None:
-    """After a run that stopped early: outputs that tasks wrote but whose audit rows were never
-    recorded are removed (unless an earlier run published them), so every output at DST has
-    its audit row; the next run redoes those files. What counts as recorded is what the audit
-    holds: an interrupt can land between writing a part and noting it in `recorded`."""
-    pending = {i.key for s in p.shards for i in s} - recorded - set(p.previous)
-    if not pending:
-        return
-    with contextlib.suppress(StorageError):
-        pending -= set(audit.read(p.dst, "files", p.run_id).key)
-        if not pending:
-            return
-        for key, _ in storage.walk(p.dst, include_hidden=True):
-            if key in pending:
-                storage.remove(p.dst, key)
-
-
 def _run(
     p: Plan,
     cfg: Config,
@@ -210,24 +232,61 @@ def _run(
     connected: Callable[[], Any],
     close_cluster: Callable[[], None],
 ) -> Summary:
+    from sanitizer.commit import Lease, mark_running, recover, settle
     from sanitizer.detect import describe
-    from sanitizer.execute import map_shards
-    from sanitizer.process import Context, failure, process_item
 
     # fail before any work if the model is missing; the workers load it (the driver runs none)
     detector = describe(cfg.detect)
     storage.makedirs(p.dst)
-    summary = Summary(p.run_id, p.dst.url, audit.audit_uri(p.dst), n_files=len(p.items))
+    lease = Lease(p.dst, p.run_id)
+    lease.acquire()  # LeaseHeld: another live run holds DST (nothing written)
+    try:
+        recovered = recover(p.dst, p.run_id)  # what runs that died left behind
+        if recovered:
+            on_event("recovered", runs=recovered)
+        summary = Summary(p.run_id, p.dst.url, audit.audit_uri(p.dst), n_files=len(p.items))
+        mark_running(p.dst, p.run_id)  # first: a run row `running` always has its marker
+        _write_run(p, cfg, detector, summary, started, "running")
+        completed = False
+        try:
+            out = _run_held(
+                p, cfg, on_event, started, cluster, connected, close_cluster, detector, summary
+            )
+            completed = True
+            return out
+        finally:
+            with contextlib.suppress(StorageError):  # the original error is the one to report
+                # staged outputs whose rows are committed are promoted, the rest deleted
+                settle(p.dst, p.run_id, dead=not completed)
+    finally:
+        lease.release()
+
+
+def _run_held(
+    p: Plan,
+    cfg: Config,
+    on_event: Event,
+    started: float,
+    cluster,
+    connected: Callable[[], Any],
+    close_cluster: Callable[[], None],
+    detector,
+    summary: Summary,
+) -> Summary:
+    from sanitizer.commit import promote_detection_parts, publish
+    from sanitizer.process import Context, failure, process_item
+
     audit.write_part(p.dst, "manifest", p.run_id, manifest.to_parquet_table(p.items))
-    recorded: set[str] = set()
 
     def record(rows: list[tuple[dict[str, Any], list[dict[str, Any]]]], part: str) -> None:
         files = [r for r, _ in rows]
         dets = [d for _, ds in rows for d in ds]
-        # faces first: a files row (what makes an output count as recorded) never lacks them
+        # faces first: a files row (the commit point of its output) never lacks them
+        promote_detection_parts(p.dst, p.run_id, files)
         audit.write_part(p.dst, "detections", part, dets)
         audit.write_part(p.dst, "files", part, files)
-        recorded.update(r["key"] for r in files)
+        for error in publish(p.dst, p.run_id, files):  # only now do outputs reach their keys
+            on_event("publish_error", error=error)
         for r in files:
             if r["status"] == "ok":
                 summary.n_ok += 1
@@ -238,6 +297,8 @@ def _run(
             else:
                 summary.n_skipped += 1
                 summary.n_unchanged += r["error"].startswith("unchanged")
+
+    from sanitizer.execute import map_shards
 
     # non-media files: skipped rows, written by the driver (nothing to compute)
     ctx = Context.create(p.run_id, cfg, detector, p.src, p.dst)
@@ -264,7 +325,17 @@ def _run(
         if cluster is not None:
             client, info = connected()
             on_event("cluster", address=info.address, workers=info.workers, embedded=info.embedded)
-            map_shards(client, p.shards, p.run_id, cfg, p.src.url, p.dst.url, on_shard, p.previous)
+            map_shards(
+                client,
+                p.shards,
+                p.run_id,
+                cfg,
+                p.src.url,
+                p.dst.url,
+                on_shard,
+                p.previous,
+                p.previous_stat,
+            )
     except KeyboardInterrupt:
         status = "interrupted"
         raise
@@ -282,8 +353,7 @@ def _run(
                 from sanitizer.execute import stop_remote_tasks
 
                 stop_remote_tasks(cluster.result()[0], p.run_id)  # an existing cluster outlives us
-            close_cluster()  # no task may write after the clean-up below
-            _unpublish_unrecorded(p, recorded)
+            close_cluster()  # no task may stage after the run's staging area is settled
         summary.seconds = time.time() - started
         try:
             _write_run(p, cfg, detector, summary, started, status)

@@ -2,8 +2,10 @@
 
 Knows nothing about Dask: `execute` calls `process_item` on workers, tests call it directly.
 Fail closed: the output is written only after the whole file was decoded, scanned and
-redacted; on any error the result is `failed`, nothing is written, and a stale output of an
-earlier run at the same key is removed.
+redacted, and only to the run's staging area (`storage.staging_key`): the driver publishes it
+at its key once the file's audit row is written (README "Commit protocol"). On any error the
+result is `failed` and nothing is staged; an output an earlier run published at the key is
+never touched here (the row says whether one is there and stays).
 """
 
 from __future__ import annotations
@@ -18,9 +20,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sanitizer import phash, storage
+from sanitizer import audit, phash, storage
 from sanitizer.config import Config
-from sanitizer.errors import SanitizerError, StorageError
+from sanitizer.errors import DecodeError, SanitizerError, StorageError
 from sanitizer.manifest import HEAD_BYTES, sniff
 from sanitizer.records import Detections, FileResult, MediaItem
 from sanitizer.redact import RedactParams, params_from_config
@@ -41,6 +43,8 @@ class Context:
     previous: dict[str, str] = field(default_factory=dict)
     # asked right before an output is written; False when the run was stopped meanwhile
     may_publish: Callable[[], bool] | None = None
+    # key -> source_stat recorded with those outputs (size and mtime or ETag)
+    previous_stat: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def create(
@@ -101,6 +105,19 @@ def _skip_if_unchanged(item: MediaItem, ctx: Context, digest: str) -> None:
         raise _Unchanged
 
 
+def _skip_if_same_stat(item: MediaItem, ctx: Context, res: FileResult) -> None:
+    """Before reading the source: a source whose size and mtime (or ETag) are those recorded
+    with its published output is unchanged, without being read and hashed again (unless
+    execution.verify_hashes)."""
+    res.source_stat = storage.stat_token(ctx.src, item.key)
+    if ctx.cfg.execution.verify_hashes or item.key not in ctx.previous:
+        return
+    if res.source_stat and ctx.previous_stat.get(item.key) == res.source_stat:
+        res.source_sha256 = ctx.previous[item.key]
+        if storage.exists(ctx.dst, item.key):
+            raise _Unchanged
+
+
 def detection_rows(
     run_id: str, key: str, frame: int, t_ms: float, faces: Detections, track_ids=None, detected=None
 ) -> list[dict[str, Any]]:
@@ -149,19 +166,30 @@ def _one_line(exc: BaseException) -> str:
 
 
 def failure(item: MediaItem, ctx: Context, reason: str) -> dict[str, Any]:
-    """A `failed` row for an item whose task could not run at all; removes any stale output."""
+    """A `failed` row for an item whose task could not run at all."""
     now = time.time()
     res = _result(ctx, item, status="failed", error=reason, started=now, finished=now)
-    try:
-        storage.remove(ctx.dst, item.key)
-    except StorageError as exc:
-        res.error += f"; {exc}"
+    res.error += _earlier_output_note(ctx, item)
     return res.to_row()
+
+
+def _earlier_output_note(ctx: Context, item: MediaItem) -> str:
+    """What happens to an output an earlier run published at this key, for a failed row."""
+    try:
+        there = storage.exists(ctx.dst, item.key)
+    except StorageError:
+        there = False
+    if not there:
+        return ""
+    if ctx.cfg.output.keep_last_good:
+        return "; the earlier output at this key is kept (output.keep_last_good)"
+    return "; the earlier output at this key is removed (output.keep_last_good: false)"
 
 
 def process_item(item: MediaItem, ctx: Context) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Process one manifest item. Returns (files row, detection rows)."""
     started = time.time()
+    storage.reset_retries()
     res = _result(ctx, item, status="failed", started=started)
     dets: list[dict[str, Any]] = []
     stopped = False
@@ -205,11 +233,10 @@ def process_item(item: MediaItem, ctx: Context) -> tuple[dict[str, Any], list[di
     if res.status == "failed":
         res.output_uri = res.output_sha256 = ""
         res.n_faces = 0
+        res.detection_parts = []  # staged parts of a failed file are discarded by commit.settle
         if item.kind != "other" and not stopped:
-            try:  # never leave a stale output of an earlier run for a file that now fails
-                storage.remove(ctx.dst, item.key)
-            except StorageError as exc:
-                res.error += f"; {exc}"
+            res.error += _earlier_output_note(ctx, item)
+    res.storage_retries = storage.retries_so_far()
     res.finished = time.time()
     res.duration_ms = (res.finished - started) * 1000
     return res.to_row(), dets
@@ -234,6 +261,7 @@ def _check_size(item: MediaItem, ctx: Context, size: int | None = None) -> None:
 def _process_image(item: MediaItem, ctx: Context, res: FileResult) -> list[dict[str, Any]]:
     from sanitizer.media import image
 
+    _skip_if_same_stat(item, ctx, res)
     limits = image.Limits.from_config(ctx.cfg.input)
     if item.size > SNIFF_FIRST_ABOVE:
         # the first bytes decide before the file is read whole (a huge non-image named .jpg)
@@ -260,15 +288,29 @@ def _process_image(item: MediaItem, ctx: Context, res: FileResult) -> list[dict[
         rows += detection_rows(ctx.run_id, item.key, frame, t_ms, faces)
     res.frames = len(out.detections)
     _check_may_publish(ctx)
-    res.output_uri = storage.put_bytes(ctx.dst, item.key, out.payload)
+    storage.put_bytes(ctx.dst, storage.staging_key(ctx.run_id, item.key), out.payload)
+    res.output_uri = ctx.dst.uri(item.key)  # where the driver publishes it (see module doc)
     res.output_sha256 = hashlib.sha256(out.payload).hexdigest()
     res.n_faces = len(rows)
     return rows
 
 
+def _check_complete(out, ctx: Context) -> None:
+    """A video that could not be fully decoded (packets the decoder rejected, frames the
+    container declared but that could not be read, e.g. a file cut mid-stream) fails, unless
+    `video.allow_partial` publishes the decodable part (the row counts the dropped packets)."""
+    if out.dropped_packets and not ctx.cfg.video.allow_partial:
+        raise DecodeError(
+            f"video not fully decodable: {out.dropped_packets} packets or declared frames lost "
+            f"({out.frames} frames decoded); nothing published (video.allow_partial: true "
+            "publishes the decodable part)"
+        )
+
+
 def _process_video(item: MediaItem, ctx: Context, res: FileResult) -> list[dict[str, Any]]:
     from sanitizer.media import video
 
+    _skip_if_same_stat(item, ctx, res)
     _sniffed(item, storage.read_head(ctx.src, item.key, HEAD_BYTES))  # before any download
     _check_size(item, ctx)
     with storage.local_copy(ctx.src, item.key) as (src_path, digest):
@@ -286,25 +328,30 @@ def _process_video(item: MediaItem, ctx: Context, res: FileResult) -> list[dict[
             out = video.sanitize(
                 src_path, out_path, ctx.detector, ctx.params, ctx.cfg.video, container=container
             )
-            rows = []
+            # Rows go to a sink that writes a part every DETECTION_PART_ROWS rows. The lead
+            # wires video.sanitize's on_detections callback to sink.add_frame at merge; until
+            # then it is fed from the outcome here.
+            sink = audit.DetectionSink(ctx.dst, ctx.run_id, item.key)
             for frame, t_ms, faces, track_ids, detected in out.detections:
-                rows += detection_rows(
-                    ctx.run_id, item.key, frame, t_ms, faces, track_ids, detected
-                )
+                sink.add_frame(frame, t_ms, faces, track_ids, detected)
             res.frames, res.fps = _count(out.frames), _sane(out.fps, 0.0, 10_000.0)
             res.media_duration_ms = _sane(out.duration_ms, 0.0, float(INT32_MAX) * 1000)
             res.audio_kept = out.audio_kept
             # a damaged index can claim any number of frames: never more dropped packets
             # than bytes in the file
             res.dropped_packets = min(_count(out.dropped_packets), max(0, item.size))
+            _check_complete(out, ctx)
             h = hashlib.sha256()
             with open(out_path, "rb") as f:
                 while chunk := f.read(1 << 20):
                     h.update(chunk)
             _check_may_publish(ctx)
-            res.output_uri = storage.put_file(ctx.dst, item.key, out_path)
+            storage.put_file(ctx.dst, storage.staging_key(ctx.run_id, item.key), out_path)
+            res.output_uri = ctx.dst.uri(item.key)
             res.output_sha256 = h.hexdigest()
-    res.n_faces = len(rows)
+    rows = sink.pending()
+    res.detection_parts = sink.parts
+    res.n_faces = sink.count
     return rows
 
 

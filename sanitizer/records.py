@@ -91,6 +91,10 @@ class FileResult:
     # `sanitizer audit find --like` (sanitizer/phash.py); "" when not computed
     phash: str = ""
     precision: str = ""  # what the detector's model ran at on this worker: int8 | fp32 | ...
+    storage_retries: int = 0  # transient storage errors retried while reading/writing this file
+    source_stat: str = ""  # size and mtime (local) or ETag (S3) of the source when it was read
+    # not a column: staged detection parts of this file (audit.DetectionSink), for the driver
+    detection_parts: list[str] = field(default_factory=list)
 
     def to_row(self) -> dict[str, Any]:
         return asdict(self)
@@ -126,7 +130,7 @@ class RunRecord:
     security_measures: str = ""
     host: str = ""
     scheduler: str = ""
-    status: str = "complete"  # complete | interrupted | error
+    status: str = "complete"  # running (while it runs) | complete | interrupted | error
 
     def to_row(self) -> dict[str, Any]:
         return asdict(self)
@@ -169,6 +173,8 @@ FILES_SCHEMA = pa.schema(
         ("n_images", pa.int64()),
         ("phash", pa.string()),
         ("precision", pa.string()),
+        ("storage_retries", pa.int64()),
+        ("source_stat", pa.string()),
     ],
     metadata=_meta("files"),
 )

@@ -9,12 +9,17 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import errno
 import hashlib
+import json
 import os
 import posixpath
 import shutil
+import socket
 import sys
 import tempfile
+import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -345,6 +350,18 @@ def _listing(loc: Location) -> list[tuple[str, int, str]]:
     return out
 
 
+def stat_token(loc: Location, key: str) -> str:
+    """What identifies the current bytes of `key` without reading them: size and modification
+    time (local), size and ETag (S3), "" when the filesystem gives neither."""
+    try:
+        info = retrying(lambda: loc.fs.info(loc.path(key)))
+    except _io_errors():
+        return ""
+    size = info.get("size")
+    tag = info.get("ETag") or info.get("etag") or info.get("mtime") or info.get("LastModified")
+    return f"{size}:{tag}" if size is not None and tag else ""
+
+
 def read_head(loc: Location, key: str, n: int = 64) -> bytes:
     try:
         with loc.fs.open(loc.path(key), "rb") as f:
@@ -355,20 +372,23 @@ def read_head(loc: Location, key: str, n: int = 64) -> bytes:
 
 def read_bytes(loc: Location, key: str) -> bytes:
     try:
-        return loc.fs.cat_file(loc.path(key))
+        return retrying(lambda: loc.fs.cat_file(loc.path(key)))
     except _io_errors() as exc:
         raise StorageError(f"{key}: cannot read ({_why(exc)})") from None
 
 
 def sha256_of(loc: Location, key: str) -> str:
-    h = hashlib.sha256()
-    try:
+    def digest() -> str:
+        h = hashlib.sha256()
         with loc.fs.open(loc.path(key), "rb") as f:
             while chunk := f.read(CHUNK):
                 h.update(chunk)
+        return h.hexdigest()
+
+    try:
+        return retrying(digest)
     except _io_errors() as exc:
         raise StorageError(f"{key}: cannot read ({_why(exc)})") from None
-    return h.hexdigest()
 
 
 @contextlib.contextmanager
@@ -379,15 +399,20 @@ def local_copy(loc: Location, key: str) -> Iterator[tuple[str, str]]:
         return
     with tempfile.TemporaryDirectory(prefix="sanitizer-in-") as tmp:
         dst = os.path.join(tmp, "src" + posixpath.splitext(key)[1])
-        h = hashlib.sha256()
-        try:
+
+        def download() -> str:
+            h = hashlib.sha256()
             with loc.fs.open(loc.path(key), "rb") as f, open(dst, "wb") as out:
                 while chunk := f.read(CHUNK):
                     h.update(chunk)
                     out.write(chunk)
+            return h.hexdigest()
+
+        try:
+            digest = retrying(download)
         except _io_errors() as exc:
             raise StorageError(f"{key}: cannot download ({_why(exc)})") from None
-        yield dst, h.hexdigest()
+        yield dst, digest
 
 
 def _replace_local(path: str, fill: Callable[[str], None]) -> None:
@@ -410,7 +435,7 @@ def put_bytes(loc: Location, key: str, data: bytes) -> str:
         if loc.is_local:
             _replace_local(path, lambda tmp: Path(tmp).write_bytes(data))
         else:
-            loc.fs.pipe_file(path, data)
+            retrying(lambda: loc.fs.pipe_file(path, data))
     except _io_errors() as exc:
         raise StorageError(f"{key}: cannot write output ({_why(exc)})") from None
     return loc.uri(key)
@@ -423,7 +448,7 @@ def put_file(loc: Location, key: str, local_path: str) -> str:
         if loc.is_local:
             _replace_local(path, lambda tmp: shutil.copyfile(local_path, tmp))
         else:
-            loc.fs.put_file(local_path, path)
+            retrying(lambda: loc.fs.put_file(local_path, path))
     except _io_errors() as exc:
         raise StorageError(f"{key}: cannot write output ({_why(exc)})") from None
     return loc.uri(key)
@@ -489,6 +514,175 @@ def list_prefix(loc: Location, key: str) -> list[str]:
         raise StorageError(f"{loc.url}: cannot list {key} ({_why(exc)})") from None
     prefix = loc.root.rstrip("/") + "/"
     return sorted(p[len(prefix) :] for p in paths if p.startswith(prefix))
+
+
+# ---------------------------------------------------------------- staging and promotion
+# Outputs are written under STAGING/<run_id>/<key> first; the driver promotes them to <key>
+# only after the audit rows that name them are written (README "Commit protocol").
+STAGING = "_staging"
+RESERVED = ("_audit", STAGING)  # prefixes of DST that hold no outputs
+
+
+def is_reserved(key: str) -> bool:
+    return key.split("/", 1)[0] in RESERVED
+
+
+def staging_key(run_id: str, key: str) -> str:
+    return f"{STAGING}/{run_id}/{safe_key(key)}"
+
+
+def promote(loc: Location, staged: str, key: str) -> None:
+    """Move the staged object `staged` to `key`. Local: one rename (readers see the old file
+    or the new one). Object stores have no rename: a server-side copy (a reader sees the old
+    object until the copy completes, then the new one, never a partial one), then the staged
+    object is deleted."""
+    src, dst = loc.path(staged), loc.path(key)
+    try:
+        if loc.is_local:
+            os.makedirs(os.path.dirname(dst), exist_ok=True)
+            os.replace(src, dst)
+        else:
+            retrying(lambda: loc.fs.copy(src, dst), f"{key}: promote")
+            retrying(lambda: loc.fs.rm_file(src), f"{key}: promote")
+    except _io_errors() as exc:
+        raise StorageError(f"{key}: cannot publish the staged output ({_why(exc)})") from None
+
+
+def remove_tree(loc: Location, key: str) -> None:
+    """Delete everything below `key` (a run's staging area); nothing there is fine."""
+    path = loc.path(key)
+    try:
+        loc.fs.invalidate_cache()
+        if loc.fs.exists(path):
+            loc.fs.rm(path, recursive=True)
+    except FileNotFoundError:
+        pass
+    except _io_errors() as exc:
+        raise StorageError(f"{key}: cannot remove ({_why(exc)})") from None
+
+
+def sha256_key(loc: Location, key: str) -> str | None:
+    """sha256 of the object at `key`, None when there is none."""
+    try:
+        return sha256_of(loc, key)
+    except StorageError:
+        if not exists(loc, key):
+            return None
+        raise
+
+
+# ---------------------------------------------------------------- retries
+# A transient storage error (timeout, connection reset, throttling, a 5xx) is retried this many
+# times with exponential backoff before the operation fails (on top of botocore's own attempts).
+RETRIES = 3
+BACKOFF = 0.5  # s before the first retry; doubled each time
+_retry_state = threading.local()
+
+
+def is_transient(exc: BaseException) -> bool:
+    if isinstance(
+        exc, FileNotFoundError | PermissionError | IsADirectoryError | NotADirectoryError
+    ):
+        return False
+    if isinstance(exc, TimeoutError | ConnectionError):
+        return True
+    if type(exc).__name__ in (
+        "ReadTimeoutError",
+        "ConnectTimeoutError",
+        "EndpointConnectionError",
+        "ConnectionClosedError",
+        "ResponseStreamingError",
+        "IncompleteReadError",
+        "ClientPayloadError",
+        "ServerDisconnectedError",
+    ):
+        return True
+    if isinstance(exc, OSError) and exc.errno in (
+        errno.ETIMEDOUT,
+        errno.ECONNRESET,
+        errno.ECONNABORTED,
+        errno.EAGAIN,
+        errno.EBUSY,
+    ):
+        return True
+    text = str(exc)
+    return any(
+        w in text
+        for w in ("SlowDown", "RequestTimeout", "Throttl", "InternalError", "ServiceUnavailable")
+    )
+
+
+def retries_so_far() -> int:
+    """Transient errors retried by this thread since `reset_retries()`."""
+    return getattr(_retry_state, "count", 0)
+
+
+def reset_retries() -> None:
+    _retry_state.count = 0
+
+
+def retrying(fn: Callable[[], Any], what: str = "", sleep: Callable[[float], None] = time.sleep):
+    """fn(), retried on transient errors (RETRIES times, BACKOFF doubling); the last error or
+    any other error propagates unchanged."""
+    for attempt in range(RETRIES + 1):
+        try:
+            return fn()
+        except _io_errors() as exc:
+            if attempt == RETRIES or not is_transient(exc):
+                raise
+            _retry_state.count = retries_so_far() + 1
+            sleep(BACKOFF * 2**attempt)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+# ---------------------------------------------------------------- lease
+LEASE_KEY = f"{STAGING}/lease.json"
+LEASE_TTL = 60.0  # s without a heartbeat after which a lease of another host has expired
+HEARTBEAT = 10.0  # s between heartbeats
+
+
+def read_lease(loc: Location) -> dict[str, Any] | None:
+    try:
+        return json.loads(loc.fs.cat_file(loc.path(LEASE_KEY)))
+    except FileNotFoundError:
+        return None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None  # a torn or foreign file: nobody holds it
+    except _io_errors() as exc:
+        raise StorageError(f"{loc.url}: cannot read the run lease ({_why(exc)})") from None
+
+
+def write_lease(loc: Location, lease: dict[str, Any]) -> None:
+    put_bytes(loc, LEASE_KEY, json.dumps(lease).encode())
+
+
+def remove_lease(loc: Location, run_id: str) -> None:
+    """Remove the lease if `run_id` still holds it."""
+    held = read_lease(loc)
+    if held is not None and held.get("run_id") == run_id:
+        remove(loc, LEASE_KEY)
+
+
+def lease_is_live(lease: dict[str, Any], now: float | None = None) -> bool:
+    """A lease is live while its heartbeat is fresh, and (on this host) its process runs."""
+    now = time.time() if now is None else now
+    if now - float(lease.get("heartbeat", 0)) > LEASE_TTL:
+        return False
+    if lease.get("host") == socket.gethostname():
+        return _pid_alive(int(lease.get("pid", 0)))
+    return True
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True
 
 
 __all__ = ["Location", "location", "fsspec"]

@@ -49,7 +49,18 @@ def faces_folder(src: Path, n: int) -> Path:
     return src
 
 
-def interrupt_cli(*args: str, after_s: float, timeout: float = 90) -> tuple[int, str, str]:
+def default_sigint() -> None:
+    """preexec_fn of a CLI that a test interrupts: SIGINT back to its default, in case the
+    test runner itself was started with SIGINT ignored (a background job of a script), which
+    the CLI would inherit and Ctrl-C would then do nothing."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def interrupt_cli(
+    *args: str, after_s: float, timeout: float = 90, env: dict[str, str] | None = None
+) -> tuple[int, str, str]:
     """Run the CLI in its own process group, press Ctrl-C (SIGINT to the group, as a terminal
     does) `after_s` seconds after its cluster is up; (exit code, stdout, stderr)."""
     import signal
@@ -62,6 +73,8 @@ def interrupt_cli(*args: str, after_s: float, timeout: float = 90) -> tuple[int,
         text=True,
         start_new_session=True,
         stdin=subprocess.DEVNULL,
+        env={**os.environ, **(env or {})},
+        preexec_fn=default_sigint,
     )
     try:
         for line in proc.stderr:  # wait until the cluster runs
@@ -109,3 +122,29 @@ def photo_dir(tmp_path: Path) -> Path:
     good = jpeg_bytes(face)
     (src / "broken.jpg").write_bytes(good[: len(good) // 2])
     return src
+
+
+def check_invariant(dst, allow_staged: bool = False) -> None:
+    """The audit invariant: every file at DST (outside the reserved `_audit` and `_staging`)
+    has a latest `ok` row whose output_sha256 is its sha256; nothing is left in staging but
+    the lease of a live run (`allow_staged`: right after an interruption, which the next run
+    settles). `dst` is a path or a `storage.Location`."""
+    from sanitizer import audit, storage
+
+    loc = dst if isinstance(dst, storage.Location) else storage.location(str(dst))
+    outputs = {k for k, _ in storage.walk(loc, include_hidden=True) if not storage.is_reserved(k)}
+    staged = [
+        k
+        for k in storage.list_prefix(loc, storage.STAGING)
+        if k.startswith(storage.STAGING + "/") and k != storage.LEASE_KEY
+    ]
+    assert allow_staged or not staged, f"left in staging: {staged[:5]}"
+    if not outputs:
+        return
+    files = audit.read(loc, "files")
+    ok = files[files.status == "ok"].sort_values("finished").groupby("key").tail(1)
+    recorded = dict(zip(ok.key, ok.output_sha256, strict=True))
+    missing = sorted(outputs - set(recorded))
+    assert not missing, f"outputs without an ok row: {missing[:5]}"
+    wrong = [k for k in sorted(outputs) if storage.sha256_of(loc, k) != recorded[k]]
+    assert not wrong, f"outputs whose sha256 is not their latest ok row's: {wrong[:5]}"

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from tests.conftest import faces_folder, interrupt_cli, run_cli
+from tests.conftest import check_invariant, default_sigint, faces_folder, interrupt_cli, run_cli
 
 
 @pytest.fixture(scope="module")
@@ -216,14 +216,22 @@ def test_worker_crash_fails_only_that_file(tmp_path):
     names = ["a.jpg", "b.jpg", "crash.jpg", "c.jpg", "d.jpg", "e.jpg", "f.jpg", "g.jpg", "h.jpg"]
     for name in names:  # 9 files on 1 worker: tasks of 3 files, crash.jpg shares its task
         (src / name).write_bytes(jpeg_bytes(small))
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(  # in worker processes: crash.jpg kills the process
+        "import os, sys\n"
+        "if any('multiprocessing' in a for a in sys.argv):\n"
+        "    import sanitizer.process as p\n"
+        "    real = p.process_item\n"
+        "    def crashing(item, ctx):\n"
+        "        if 'crash' in item.key:\n"
+        "            os._exit(70)\n"
+        "        return real(item, ctx)\n"
+        "    p.process_item = crashing\n"
+    )
+    pythonpath = os.pathsep.join(filter(None, [str(hook), os.environ.get("PYTHONPATH", "")]))
     proc = run_cli(
-        "run",
-        str(src),
-        str(dst),
-        "--workers",
-        "1",
-        timeout=300,
-        env={"SANITIZER_TEST_CRASH_KEY": "crash"},
+        "run", str(src), str(dst), "--workers", "1", timeout=300, env={"PYTHONPATH": pythonpath}
     )
     assert proc.returncode == 1, proc.stderr
     files = pd.read_parquet(dst / "_audit" / "files").set_index("key")
@@ -374,3 +382,99 @@ def test_a_swallowed_ctrl_c_is_delivered_again(monkeypatch):
         for _ in range(200):
             time.sleep(0.01)
     assert interrupts.seen()
+
+
+def _digests(dst: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in dst.glob("*.jpg")}
+
+
+def test_ctrl_c_of_a_forced_rerun_keeps_every_earlier_output(tmp_path):
+    """The measured bug: Ctrl-C during `run --force` (or a rerun after a config change) deleted
+    every earlier output the interrupted run had not yet rewritten. Now nothing reaches a key
+    before its row, so every earlier output stays and the invariant holds."""
+    src, dst = faces_folder(tmp_path / "src", 30), tmp_path / "dst"
+    assert run_cli("run", str(src), str(dst), "--workers", "2").returncode == 0
+    before = _digests(dst)
+    assert len(before) == 30
+    code, _, errs = interrupt_cli(
+        "run", str(src), str(dst), "--workers", "2", "--force", "--method", "solid", after_s=1.0
+    )
+    assert code == 130, errs
+    after = _digests(dst)
+    assert set(after) == set(before), "no earlier output was deleted"
+    check_invariant(dst)
+    runs = pd.read_parquet(dst / "_audit" / "runs").sort_values("started")
+    assert runs.status.tolist() == ["complete", "interrupted"]
+    # the next plain run converges: the rest is redone with the new config
+    proc = run_cli("run", str(src), str(dst), "--workers", "2", "--method", "solid")
+    assert proc.returncode == 0, proc.stderr
+    check_invariant(dst)
+    files = pd.read_parquet(dst / "_audit" / "files")
+    solid = files[
+        (files.status == "ok") & (files.config_fingerprint == files.config_fingerprint.iloc[-1])
+    ]
+    assert set(solid.key) == set(before)
+
+
+def test_sigkill_of_everything_then_a_plain_rerun_converges(tmp_path):
+    """SIGKILL of the whole process group (driver and workers) at a random moment: the next
+    plain run settles what was left (promotes committed outputs, discards the rest), closes the
+    dead run's row, and ends with what an uninterrupted run produces."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    src, dst = faces_folder(tmp_path / "src", 50), tmp_path / "dst"
+    for delay in (0.5, 2.0):
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "sanitizer", "run", str(src), str(dst), "--workers", "2"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+            stdin=subprocess.DEVNULL,
+        )
+        for line in proc.stderr:
+            if "dask:" in line:
+                break
+        time.sleep(delay)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(30)
+    proc = run_cli("run", str(src), str(dst), "--workers", "2")
+    assert proc.returncode == 0, proc.stderr
+    check_invariant(dst)
+    assert len(_digests(dst)) == 50
+    runs = pd.read_parquet(dst / "_audit" / "runs").sort_values("started")
+    assert runs.status.tolist()[-1] == "complete"
+    assert "running" not in runs.status.tolist(), "dead runs are closed"
+
+
+def test_a_second_run_into_a_held_dst_exits_2(tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    src, dst = faces_folder(tmp_path / "src", 150), tmp_path / "dst"
+    first = subprocess.Popen(
+        [sys.executable, "-m", "sanitizer", "run", str(src), str(dst), "--workers", "1"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        stdin=subprocess.DEVNULL,
+        preexec_fn=default_sigint,
+    )
+    try:
+        for line in first.stderr:
+            if "dask:" in line:
+                break
+        second = run_cli("run", str(src), str(dst), "--workers", "1", timeout=120)
+        assert first.poll() is None, "the first run still runs"
+    finally:
+        os.killpg(first.pid, signal.SIGINT)
+        first.communicate(timeout=90)
+    assert second.returncode == 2, second.stdout + second.stderr
+    lines = [ln for ln in second.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "in use by run" in lines[0] and "pid" in lines[0], second.stderr
+    check_invariant(dst)

@@ -18,7 +18,14 @@ import pytest
 import yaml
 from PIL import Image
 
-from tests.conftest import astronaut, jpeg_bytes, run_cli
+from tests.conftest import (
+    astronaut,
+    check_invariant,
+    faces_folder,
+    interrupt_cli,
+    jpeg_bytes,
+    run_cli,
+)
 from tests.servers import S3Server, closed_port, s3_server, silent_port  # noqa: F401 - fixtures
 
 pytestmark = pytest.mark.integration
@@ -290,3 +297,35 @@ def test_video_through_s3(s3_server: S3Server, bucket: str) -> None:  # noqa: F8
     with av.open(io.BytesIO(fs.cat(f"{bucket}/out/clips/face.mp4"))) as c:
         assert sum(1 for _ in c.decode(video=0)) == 12
     assert fs.cat(f"{bucket}/in/clips/face.mp4") == clip
+
+
+def test_ctrl_c_of_a_forced_rerun_on_s3_keeps_every_earlier_output(
+    s3_server: S3Server,  # noqa: F811
+    bucket: str,
+    tmp_path: Path,
+) -> None:
+    """The measured bug, on a real S3 server: Ctrl-C during `run --force` must not delete any
+    earlier output; staged outputs are promoted by server-side copy only after their rows."""
+    from sanitizer import storage
+
+    src = faces_folder(tmp_path / "src", 30)
+    dst = f"s3://{bucket}/out"
+    env = s3_server.env()
+    first = run_cli("run", str(src), dst, "--workers", "2", env=env, timeout=300)
+    assert first.returncode == 0, first.stderr
+    fs = s3_server.fs()
+    before = {p.rsplit("/", 1)[-1]: fs.cat(p) for p in fs.find(f"{bucket}/out") if "/_" not in p}
+    assert len(before) == 30
+    code, _, errs = interrupt_cli(
+        "run", str(src), dst, "--workers", "2", "--force", "--method", "solid", after_s=1.0, env=env
+    )
+    assert code == 130, errs
+    fs.invalidate_cache()
+    after = {p.rsplit("/", 1)[-1] for p in fs.find(f"{bucket}/out") if "/_" not in p}
+    assert after == set(before), "no earlier output was deleted"
+    check_invariant(storage.location(dst, s3_server.storage_options))
+    again = run_cli(
+        "run", str(src), dst, "--workers", "2", "--method", "solid", env=env, timeout=300
+    )
+    assert again.returncode == 0, again.stderr
+    check_invariant(storage.location(dst, s3_server.storage_options))
