@@ -20,6 +20,7 @@ from PIL import Image
 
 from sanitizer import audit, phash, storage
 from sanitizer.config import Config
+from sanitizer.records import FileResult
 from tests.conftest import run_cli
 from tests.servers import s3_server  # noqa: F401 - fixture
 
@@ -147,7 +148,7 @@ def make_dst_at(dst: storage.Location, names=PHOTOS, run_id="r1") -> storage.Loc
         import hashlib
 
         files.append(
-            dict(
+            FileResult(
                 run_id=run_id,
                 key=key,
                 source_uri=f"/src/{key}",
@@ -171,11 +172,8 @@ def make_dst_at(dst: storage.Location, names=PHOTOS, run_id="r1") -> storage.Loc
                 audio_kept=False,
                 dropped_packets=0,
                 worker="w",
-                raw_key=key,
-                n_images=1,
-                precision="int8",
                 phash=phash.of_array(arr),
-            )
+            ).to_row()
         )
         dets.append(
             dict(
