@@ -387,14 +387,15 @@ def test_small_face_found_by_its_band_is_covered_back_to_the_previous_look(tmp_p
     res = sanitize(src, tmp_path / "out.mp4", det, "mp4", native_pixels=60_000, scan_side=320)
     plan = video.ScanPlan.for_frame(640, 360, VideoConfig(native_pixels=60_000, scan_side=320))
     assert plan.cycle == 4 and plan.cheap == (320, 180)
-    # every frame: one cheap look and one band (frame 39's cheap look + band, too)
+    # until the face is found: one cheap look and one band per frame
     bands = [b[3] - b[1] for b in plan.bands]
-    assert det.shapes[:8] == [s for i in range(4) for s in ((180, 320, 3), (bands[i], 640, 3))]
-    assert len(det.shapes) == 80
+    assert det.shapes[:16] == [s for i in range(8) for s in ((180, 320, 3), (bands[i % 4], 640, 3))]
     covered = square_covered(frames_rgb(tmp_path / "out.mp4"), square)
     assert all(covered[5:]), [i for i, c in enumerate(covered) if not c]
     detected = [d[0] for d in res.detections if d[4].any()]
-    assert detected and all(i % 4 == 3 for i in detected)  # only its band's looks found it
+    # found by its band's look at frame 7, then by a native track crop on every frame
+    assert detected == list(range(7, 40))
+    assert det.shapes[18][1] == det.shapes[18][0] >= 14 + 2 * 24  # the crop around the face
     assert res.detections[0][0] <= 5  # covered from before its first detection (frame 7)
 
 

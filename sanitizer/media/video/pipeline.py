@@ -175,9 +175,10 @@ def _run(
     declared = int(vin.frames or 0)
 
     stop = threading.Event()
-    q_dec: queue.Queue = queue.Queue(stages.QUEUE)
-    q_enc: queue.Queue = queue.Queue(stages.QUEUE)
-    q_out: queue.Queue = queue.Queue(stages.QUEUE)
+    depth = stages.queue_depth(vin.codec_context.width, vin.codec_context.height)
+    q_dec: queue.Queue = queue.Queue(depth)
+    q_enc: queue.Queue = queue.Queue(depth)
+    q_out: queue.Queue = queue.Queue(depth)
     stats = {
         "dropped": 0,
         "frames": 0,

@@ -15,6 +15,10 @@ A frame small enough for the native budget (cycle 1) is scanned whole at native 
 every frame, with no cheap look. A frame shown for longer than `long_frame` x the stream's
 frame interval (variable frame rate, slideshow stills) gets a *full look*: every band.
 
+Between native looks, small faces stay tracked at native resolution: every face the tracker
+followed in the last `cycle` frames that is too small for the cheap look gets a native *track
+crop* around its predicted position (overlapping crops merged), unless this frame's band holds it.
+
 The tracker (tracking.py) covers a face from `cycle` frames before its first detection (its
 look-ahead) to `cycle` frames after its last, so a face first found by a band look is
 covered back to the previous native look of its region, and stays covered until the next.
@@ -39,6 +43,7 @@ from sanitizer.media.video.yuv import crop_rgb
 from sanitizer.records import Detections
 
 CHEAP_MIN_FACE = 16  # px in the cheap look's image: faces it finds reliably
+CROP_PAD = 24  # least margin (px) of a track crop around the face's predicted box
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +91,55 @@ class ScanPlan:
         return self.bands if full else (self.bands[index % self.cycle],)
 
 
+def track_crops(
+    plan: ScanPlan, boxes: np.ndarray, bands: tuple[tuple[int, int, int, int], ...]
+) -> list[tuple[int, int, int, int]]:
+    """Native crops around the predicted `boxes` of faces too small for the cheap look
+    (< plan.overlap px) that are not inside one of this frame's `bands`; overlapping crops
+    are merged. A crop leaves 1.5x the face's side (at least CROP_PAD px) around it."""
+    if plan.cheap is None:
+        return []
+    rects = []
+    for x1, y1, x2, y2 in np.asarray(boxes, np.float64).reshape(-1, 4):
+        side = max(x2 - x1, y2 - y1)
+        if side >= plan.overlap:
+            continue
+        pad = max(1.5 * side, CROP_PAD)
+        r = (
+            max(0, int(x1 - pad)),
+            max(0, int(y1 - pad)),
+            min(plan.width, math.ceil(x2 + pad)),
+            min(plan.height, math.ceil(y2 + pad)),
+        )
+        if r[2] - r[0] < 2 or r[3] - r[1] < 2 or any(_inside(r, b) for b in bands):
+            continue
+        rects.append(r)
+    return _merge(rects)
+
+
+def _inside(r: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> bool:
+    return b[0] <= r[0] and b[1] <= r[1] and r[2] <= b[2] and r[3] <= b[3]
+
+
+def _merge(rects: list[tuple[int, int, int, int]]) -> list[tuple[int, int, int, int]]:
+    """Overlapping rectangles replaced by their union until none overlap."""
+    out = list(rects)
+    merged = True
+    while merged:
+        merged = False
+        for i in range(len(out)):
+            for j in range(i + 1, len(out)):
+                a, b = out[i], out[j]
+                if a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]:
+                    out[i] = (min(a[0], b[0]), min(a[1], b[1]), max(a[2], b[2]), max(a[3], b[3]))
+                    del out[j]
+                    merged = True
+                    break
+            if merged:
+                break
+    return out
+
+
 def _align(side: float) -> int:
     """Sides of 256 px and more go to the nearest multiple of 32 (ties down): the network pads
     its input to /32, so 360 px would cost as much as 384 (the aspect changes by < 5 %)."""
@@ -116,17 +170,17 @@ def scan_frame(
     frame: av.VideoFrame,
     turns: int,
     small: np.ndarray | None,
-    bands: tuple[tuple[int, int, int, int], ...],
+    rects: list[tuple[int, int, int, int]],
 ) -> Detections:
-    """One frame's looks: the cheap one (`small`, upright RGB) and native `bands`; the
-    frame's faces in upright pixels."""
+    """One frame's looks: the cheap one (`small`, upright RGB) and the native `rects` (bands
+    and track crops); the frame's faces in upright pixels."""
     parts = []
     if small is not None:
         d = vdet.look(small)
         if len(d):
             sx, sy = plan.width / small.shape[1], plan.height / small.shape[0]
             parts.append(Detections(d.boxes * np.array([sx, sy, sx, sy], np.float32), d.scores))
-    for rect in bands:
+    for rect in rects:
         crop, ox, oy = upright_crop(frame, rect, turns)
         d = vdet.look(crop)
         if len(d):
@@ -178,8 +232,9 @@ def scan_loop(q_dec, q_enc, stop, vdet: VideoDetector, vcfg, stats, pool, width,
             )
         full = bool(item.duration > vcfg.long_frame * nominal)
         bands = plan.bands_for(item.index, full)
+        rects = list(bands) + track_crops(plan, cov.live_boxes(item.index), bands)
         small, item.small = item.small, None
-        args = (vdet, plan, item.frame, stats["turns"], small, bands)
+        args = (vdet, plan, item.frame, stats["turns"], small, rects)
         held[item.index] = item
         inflight.append((item, pool.submit(scan_frame, *args) if pool else scan_frame(*args)))
 

@@ -13,10 +13,18 @@ import time
 
 from sanitizer.errors import DecodeError
 
-QUEUE = 6  # frames in flight between stages (each way)
+QUEUE = 6  # most frames in flight between two stages
+QUEUE_BYTES = 32 << 20  # ... and about this many bytes of frames (big frames: shorter queues)
 STALL = 300.0
 JOIN = 5.0
 END = object()  # end of stream marker
+
+
+def queue_depth(width: int, height: int) -> int:
+    """Frames a queue between two stages holds: QUEUE, fewer for big frames (2 at 4K and up),
+    so the pipeline's memory stays bounded whatever the resolution."""
+    frame_bytes = max(1, width * height * 3 // 2)  # yuv420p
+    return max(2, min(QUEUE, QUEUE_BYTES // frame_bytes))
 
 
 class Abort(Exception):
