@@ -202,6 +202,9 @@ def main() -> int:
         help="config override for sanitizer, e.g. video.native_pixels=600000 (repeatable)",
     )
     ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument(
+        "--skip-baseline", action="store_true", help="skip (b), the decode + encode baseline"
+    )
     ap.add_argument("--gt", type=Path, help="pan_video.py ground truth: also score coverage")
     ap.add_argument("--pan-tool", default=str(REPO.parent / "shared" / "tools" / "pan_video.py"))
     ap.add_argument("--json", type=Path, help="append the figures as one JSON line to this file")
@@ -234,19 +237,20 @@ def main() -> int:
             f"{frames / s['file_s']:6.1f} fps per file (video.sanitize); peak RSS {s['rss_mb']:.0f} MB; "
             f"{s['cores']:.2f} cores busy on average"
         )
-        de = run_decode_encode(clip, work / "b", from_dict(ov, Config()))
-        result.update(dec_enc_fps=frames / de["wall"])
-        print(
-            f"(b) decode+encode : {de['wall']:6.1f} s  {frames / de['wall']:6.1f} fps "
-            f"(preset {cfg.video.preset}, crf {cfg.video.crf})"
-        )
-        print(
-            f"    ratio run/(b) {s['wall'] and de['wall'] / s['wall']:.2f}, per-file/(b) {de['wall'] / s['file_s']:.2f}"
-        )
-        result.update(
-            ratio_run_vs_dec_enc=de["wall"] / s["wall"],
-            ratio_file_vs_dec_enc=de["wall"] / s["file_s"],
-        )
+        if not a.skip_baseline:
+            de = run_decode_encode(clip, work / "b", from_dict(ov, Config()))
+            result.update(dec_enc_fps=frames / de["wall"])
+            print(
+                f"(b) decode+encode : {de['wall']:6.1f} s  {frames / de['wall']:6.1f} fps "
+                f"(preset {cfg.video.preset}, crf {cfg.video.crf})"
+            )
+            print(
+                f"    ratio run/(b) {s['wall'] and de['wall'] / s['wall']:.2f}, per-file/(b) {de['wall'] / s['file_s']:.2f}"
+            )
+            result.update(
+                ratio_run_vs_dec_enc=de["wall"] / s["wall"],
+                ratio_file_vs_dec_enc=de["wall"] / s["file_s"],
+            )
         if a.deface:
             d = run_deface(a.deface, clip, work / "c", solid=bool(a.gt))
             result.update(

@@ -89,7 +89,13 @@ def _muxer(container: str, out_path: str) -> tuple[str, str]:
     return kind, MUXERS[kind]
 
 
-def _video_options(kind: str, vcfg) -> tuple[str, dict[str, str]]:
+# x264's look-ahead holds this many frames above 1080p (its default for veryfast is 10): at 4K
+# each frame held costs ~25 MB with x264's own copies (BENCHMARKS.md, 2026-11-29)
+BIG_FRAME_LOOKAHEAD = 5
+BIG_FRAME = 1920 * 1088
+
+
+def _video_options(kind: str, vcfg, pixels: int = 0) -> tuple[str, dict[str, str]]:
     if kind == "webm":
         return "libvpx-vp9", {
             "crf": str(vcfg.vp9_crf),
@@ -98,7 +104,10 @@ def _video_options(kind: str, vcfg) -> tuple[str, dict[str, str]]:
             "cpu-used": str(vcfg.vp9_speed),
             "row-mt": "1",
         }
-    return vcfg.codec, {"crf": str(vcfg.crf), "preset": vcfg.preset}
+    options = {"crf": str(vcfg.crf), "preset": vcfg.preset}
+    if vcfg.codec == "libx264" and pixels > BIG_FRAME:
+        options["rc-lookahead"] = str(BIG_FRAME_LOOKAHEAD)
+    return vcfg.codec, options
 
 
 def sanitize(
@@ -269,7 +278,7 @@ def _run(
     # ---- stage 3: redact + encode + mux ----------------------------------------------------
     out_state: dict = {"out": None, "vout": None, "aout": None, "aenc": None, "pending_audio": []}
 
-    codec, options = _video_options(kind, vcfg)
+    codec, options = _video_options(kind, vcfg, vin.codec_context.width * vin.codec_context.height)
 
     def open_output(first: av.VideoFrame) -> None:
         try:

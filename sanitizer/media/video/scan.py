@@ -44,6 +44,9 @@ from sanitizer.records import Detections
 
 CHEAP_MIN_FACE = 16  # px in the cheap look's image: faces it finds reliably
 CROP_PAD = 24  # least margin (px) of a track crop around the face's predicted box
+# A look bigger than this (an 8K band) runs as side-by-side pieces sharing the bands' overlap:
+# the network's working memory grows with its input
+MAX_LOOK_PIXELS = 2_000_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,15 +117,29 @@ def track_crops(
         if r[2] - r[0] < 2 or r[3] - r[1] < 2 or any(_inside(r, b) for b in bands):
             continue
         rects.append(r)
-    return _merge(rects)
+    return _merge(rects, CROP_PAD)
+
+
+def _pieces(rect: tuple[int, int, int, int], overlap: int) -> list[tuple[int, int, int, int]]:
+    """`rect` cut into side-by-side pieces of at most about MAX_LOOK_PIXELS that share
+    `overlap` columns (a face up to the overlap is whole in one of them)."""
+    x1, y1, x2, y2 = rect
+    n = math.ceil((x2 - x1) * (y2 - y1) / MAX_LOOK_PIXELS)
+    if n <= 1:
+        return [rect]
+    step = math.ceil((x2 - x1) / n)
+    return [
+        (max(x1, x1 + i * step - overlap), y1, min(x2, x1 + (i + 1) * step), y2) for i in range(n)
+    ]
 
 
 def _inside(r: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> bool:
     return b[0] <= r[0] and b[1] <= r[1] and r[2] <= b[2] and r[3] <= b[3]
 
 
-def _merge(rects: list[tuple[int, int, int, int]]) -> list[tuple[int, int, int, int]]:
-    """Overlapping rectangles replaced by their union until none overlap."""
+def _merge(rects: list[tuple[int, int, int, int]], gap: int = 0) -> list[tuple[int, int, int, int]]:
+    """Rectangles closer than `gap` px replaced by their union until none are (in a crowd a
+    few bigger crops cost less than many small ones: each look has a fixed cost)."""
     out = list(rects)
     merged = True
     while merged:
@@ -130,7 +147,12 @@ def _merge(rects: list[tuple[int, int, int, int]]) -> list[tuple[int, int, int, 
         for i in range(len(out)):
             for j in range(i + 1, len(out)):
                 a, b = out[i], out[j]
-                if a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]:
+                if (
+                    a[0] < b[2] + gap
+                    and b[0] < a[2] + gap
+                    and a[1] < b[3] + gap
+                    and b[1] < a[3] + gap
+                ):
                     out[i] = (min(a[0], b[0]), min(a[1], b[1]), max(a[2], b[2]), max(a[3], b[3]))
                     del out[j]
                     merged = True
@@ -180,7 +202,7 @@ def scan_frame(
         if len(d):
             sx, sy = plan.width / small.shape[1], plan.height / small.shape[0]
             parts.append(Detections(d.boxes * np.array([sx, sy, sx, sy], np.float32), d.scores))
-    for rect in rects:
+    for rect in (piece for r in rects for piece in _pieces(r, plan.overlap)):
         crop, ox, oy = upright_crop(frame, rect, turns)
         d = vdet.look(crop)
         if len(d):
