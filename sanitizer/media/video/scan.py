@@ -44,9 +44,10 @@ from sanitizer.records import Detections
 
 CHEAP_MIN_FACE = 16  # px in the cheap look's image: faces it finds reliably
 CROP_PAD = 24  # least margin (px) of a track crop around the face's predicted box
-# A look bigger than this (an 8K band) runs as side-by-side pieces sharing the bands' overlap:
-# the network's working memory grows with its input
-MAX_LOOK_PIXELS = 2_000_000
+# A look bigger than this (a 4K or 8K band) runs as side-by-side pieces sharing the bands'
+# overlap: onnxruntime's working memory grows with the input (4K: -175 MB peak RSS with
+# pieces of 0.5 MP instead of whole 1.06 MP bands, BENCHMARKS.md 2026-11-29)
+MAX_LOOK_PIXELS = 600_000
 
 
 @dataclass(frozen=True, slots=True)
