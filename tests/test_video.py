@@ -395,7 +395,7 @@ def test_small_face_found_by_its_band_is_covered_back_to_the_previous_look(tmp_p
     detected = [d[0] for d in res.detections if d[4].any()]
     # found by its band's look at frame 7, then by a native track crop on every frame
     assert detected == list(range(7, 40))
-    assert det.shapes[18][1] == det.shapes[18][0] >= 14 + 2 * 24  # the crop around the face
+    assert det.shapes[18][1] == det.shapes[18][0] >= 14 + 2 * 16  # the crop around the face
     assert res.detections[0][0] <= 5  # covered from before its first detection (frame 7)
 
 

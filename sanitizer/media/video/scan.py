@@ -43,7 +43,10 @@ from sanitizer.media.video.yuv import crop_rgb
 from sanitizer.records import Detections
 
 CHEAP_MIN_FACE = 16  # px in the cheap look's image: faces it finds reliably
-CROP_PAD = 24  # least margin (px) of a track crop around the face's predicted box
+CROP_PAD = 16  # least margin (px) of a track crop around the face's predicted box
+CROP_MARGIN = 0.6  # ... and its margin as a share of the face's side (a face moves < 1/4 side
+# per frame: tracking.Track.velocity)
+MERGE_WASTE = 1.3  # two crops are merged when their union is at most this x their two areas
 # A look bigger than this (a 4K or 8K band) runs as side-by-side pieces sharing the bands'
 # overlap: onnxruntime's working memory grows with the input (4K: -175 MB peak RSS with
 # pieces of 0.5 MP instead of whole 1.06 MP bands, BENCHMARKS.md 2026-11-29)
@@ -99,8 +102,9 @@ def track_crops(
     plan: ScanPlan, boxes: np.ndarray, bands: tuple[tuple[int, int, int, int], ...]
 ) -> list[tuple[int, int, int, int]]:
     """Native crops around the predicted `boxes` of faces too small for the cheap look
-    (< plan.overlap px) that are not inside one of this frame's `bands`; overlapping crops
-    are merged. A crop leaves 1.5x the face's side (at least CROP_PAD px) around it."""
+    (< plan.overlap px) that are not inside one of this frame's `bands`; crops that overlap
+    are merged when little is wasted. A crop leaves CROP_MARGIN x the face's side (at least
+    CROP_PAD px) around it."""
     if plan.cheap is None:
         return []
     rects = []
@@ -108,7 +112,7 @@ def track_crops(
         side = max(x2 - x1, y2 - y1)
         if side >= plan.overlap:
             continue
-        pad = max(1.5 * side, CROP_PAD)
+        pad = max(CROP_MARGIN * side, CROP_PAD)
         r = (
             max(0, int(x1 - pad)),
             max(0, int(y1 - pad)),
@@ -118,7 +122,7 @@ def track_crops(
         if r[2] - r[0] < 2 or r[3] - r[1] < 2 or any(_inside(r, b) for b in bands):
             continue
         rects.append(r)
-    return _merge(rects, CROP_PAD)
+    return _merge(rects)
 
 
 def _pieces(rect: tuple[int, int, int, int], overlap: int) -> list[tuple[int, int, int, int]]:
@@ -138,9 +142,14 @@ def _inside(r: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> bool:
     return b[0] <= r[0] and b[1] <= r[1] and r[2] <= b[2] and r[3] <= b[3]
 
 
-def _merge(rects: list[tuple[int, int, int, int]], gap: int = 0) -> list[tuple[int, int, int, int]]:
-    """Rectangles closer than `gap` px replaced by their union until none are (in a crowd a
-    few bigger crops cost less than many small ones: each look has a fixed cost)."""
+def _merge(rects: list[tuple[int, int, int, int]]) -> list[tuple[int, int, int, int]]:
+    """Overlapping rectangles replaced by their union while it covers at most MERGE_WASTE x
+    their two areas (each look has a fixed cost; a union of far-apart crops scans empty
+    pixels at full price)."""
+
+    def area(r: tuple[int, int, int, int]) -> int:
+        return (r[2] - r[0]) * (r[3] - r[1])
+
     out = list(rects)
     merged = True
     while merged:
@@ -148,13 +157,11 @@ def _merge(rects: list[tuple[int, int, int, int]], gap: int = 0) -> list[tuple[i
         for i in range(len(out)):
             for j in range(i + 1, len(out)):
                 a, b = out[i], out[j]
-                if (
-                    a[0] < b[2] + gap
-                    and b[0] < a[2] + gap
-                    and a[1] < b[3] + gap
-                    and b[1] < a[3] + gap
-                ):
-                    out[i] = (min(a[0], b[0]), min(a[1], b[1]), max(a[2], b[2]), max(a[3], b[3]))
+                if not (a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]):
+                    continue
+                u = (min(a[0], b[0]), min(a[1], b[1]), max(a[2], b[2]), max(a[3], b[3]))
+                if area(u) <= MERGE_WASTE * (area(a) + area(b)):
+                    out[i] = u
                     del out[j]
                     merged = True
                     break
