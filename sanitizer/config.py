@@ -98,9 +98,8 @@ class VideoConfig:
     scan_side: int = 640  # long side of the cheap whole-frame look (every frame)
     native_pixels: int = 600_000  # upright-frame pixels per native band (about)
     max_cycle: int = 12  # most frames between two native looks at a region (bands grow instead)
-    band_overlap: int = (
-        32  # least rows neighbouring bands share (more when the cheap look is coarse)
-    )
+    # least rows neighbouring bands share (more when the cheap look is coarse)
+    band_overlap: int = 32
     # a frame shown longer than this x the nominal frame interval (variable frame rate,
     # slideshow stills) is scanned whole at native resolution
     long_frame: float = 1.5
