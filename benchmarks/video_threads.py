@@ -105,7 +105,7 @@ def main() -> int:
     cfg = from_dict(d)
     det = _detector(d["detect"])
     if a.null_detector:
-        det, cfg.video.detect_max_side = video_bench.NullDetector(), 32
+        det = video_bench.NullDetector()
     params = params_from_config(cfg.redact)
     with tempfile.TemporaryDirectory(prefix="sanitizer-bench-") as tmp:
         out = os.path.join(tmp, "out.mp4")

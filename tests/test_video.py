@@ -15,6 +15,7 @@ import pytest
 from sanitizer.config import VideoConfig
 from sanitizer.errors import DecodeError
 from sanitizer.media import video
+from sanitizer.media.video import stages
 from sanitizer.redact import RedactParams
 
 SHARED_VIDEOS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "videos"
@@ -47,8 +48,10 @@ class FakeDetector:
 
 
 class FakeRawDetector(FakeDetector):
-    """Looks like CenterFace (`infer` + `finish` + `threshold`), so video runs it on parallel threads."""
+    """Looks like CenterFace (`name`, `infer` + `finish` + `threshold`), so video adapts it
+    with CenterFaceLooks and runs it on parallel threads."""
 
+    name = "centerface"
     threshold = 0.5
 
     def infer(self, image: np.ndarray, threshold: float):
@@ -136,7 +139,6 @@ def upright_face_mask(h: int, w: int, turns: int, inset: float = 0.15) -> np.nda
 
 
 def sanitize(src: Path, out: Path, det, container: str, **vkw):
-    vkw.setdefault("detect_every", 1)  # the fake detector's misses are counted per frame
     return video.sanitize(str(src), str(out), det, SOLID, VideoConfig(**vkw), container=container)
 
 
@@ -248,19 +250,44 @@ def test_steady_masks_forget_tracks_that_left():
 
 
 @pytest.mark.parametrize(
-    ("size", "expected"),
-    # long side 0.5x the frame's in [640, 768] px, sides >= 256 px aligned to 32 (ties down)
+    "size",
     [
-        ((1920, 1080), (768, 416)),
-        ((720, 1280), (352, 640)),
-        ((1280, 720), (640, 352)),
-        ((640, 360), (640, 352)),
-        ((176, 144), (176, 144)),
-        ((3840, 2160), (768, 416)),
+        (176, 144),
+        (426, 240),
+        (1280, 720),
+        (1920, 1080),
+        (720, 1280),
+        (3840, 2160),
+        (7680, 4320),
+        (2160, 3840),
     ],
 )
-def test_detect_size_default_rule(size, expected):
-    assert video.detect_size(*size, VideoConfig()) == expected
+def test_scan_plan_covers_every_row_at_native_resolution_every_cycle(size):
+    """Bands span the whole frame; every face up to the overlap is whole inside one band and
+    bigger ones are >= 16 px in the cheap look; the cycle follows the pixel budget."""
+    w, h = size
+    cfg = VideoConfig()
+    plan = video.ScanPlan.for_frame(w, h, cfg)
+    assert plan.cycle == min(cfg.max_cycle, -(-w * h // cfg.native_pixels))
+    rows = np.zeros(h, int)
+    for x1, y1, x2, y2 in plan.bands:
+        assert (x1, x2) == (0, w)
+        rows[y1:y2] += 1
+    assert rows.min() >= 1
+    if plan.cycle == 1:
+        assert plan.cheap is None and plan.bands == ((0, 0, w, h),)
+        return
+    cheap_scale = plan.cheap[0] / w
+    assert plan.overlap * cheap_scale >= 16  # faces taller than the overlap: >= 16 px cheap
+    for (_, _, _, end), (_, start, _, _) in zip(plan.bands, plan.bands[1:], strict=False):
+        assert end - start >= plan.overlap  # ... and smaller ones are whole in one band
+    assert [plan.bands_for(i, False) for i in range(plan.cycle)] == [(b,) for b in plan.bands]
+    assert plan.bands_for(5, True) == plan.bands
+
+
+def test_portrait_plan_makes_the_cheap_look_in_stored_orientation():
+    plan = video.ScanPlan.for_frame(1080, 1920, VideoConfig(), turns=1)
+    assert plan.cheap == (640, 352)  # stored frame is landscape (1920x1080)
 
 
 @pytest.mark.parametrize(
@@ -293,64 +320,138 @@ def test_every_frame_redacted_even_when_detector_misses(tmp_path):
     assert all(len(set(d[3].tolist())) == 1 for d in res.detections)
 
 
-def test_detect_every_k_frames_covers_the_frames_in_between(tmp_path):
-    src = make_clip(tmp_path / "in.mp4", frames=30, audio=None)
-    det = FakeDetector()
-    res = sanitize(src, tmp_path / "out.mp4", det, "mp4", detect_every=3, detect_max_side=80)
-    assert det.calls == 10
-    assert all(max(s[:2]) <= 80 for s in det.shapes)  # detection ran on a downscaled frame
-    m = upright_face_mask(96, 160, 0)
-    for i, a in enumerate(frames_rgb(tmp_path / "out.mp4")):
-        assert a[m].max() <= 24, f"frame {i}"
-    assert sum(bool(d[4][0]) for d in res.detections) == 10 and len(res.detections) == 30
+class ColourDetector:
+    """Finds the red square of `square_clip` in whatever image it is given (a cheap look, a
+    native band), if its side there is at least `min_side` px: a face only native looks see."""
+
+    name = "colour"
+    model_sha256 = "0" * 64
+
+    def __init__(self, min_side: int = 0) -> None:
+        self.min_side = min_side
+        self.shapes: list[tuple[int, ...]] = []
+
+    def detect(self, image: np.ndarray):
+        from sanitizer.records import Detections
+
+        self.shapes.append(image.shape)
+        r, g, b = (image[..., i].astype(int) for i in range(3))
+        ys, xs = np.nonzero((r > 150) & (g < 90) & (b < 90))
+        if len(ys) < 4:
+            return Detections.empty()
+        box = [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]
+        if min(box[2] - box[0], box[3] - box[1]) < self.min_side:
+            return Detections.empty()
+        return Detections(np.array([box], np.float32), np.array([0.9], np.float32))
+
+
+def square_clip(path: Path, frames: int, size, square, on=lambda i: True, pts=None) -> Path:
+    """Grey noise clip with a red square (x, y, side) on the frames where `on(i)`; `pts`
+    gives each frame's timestamp in 1/1000 s (variable frame rate), else 25 fps."""
+    rng = np.random.default_rng(1)
+    w, h = size
+    x, y, side = square
+    base = rng.integers(110, 140, (h, w, 3), dtype=np.uint8)
+    with av.open(str(path), "w") as out:
+        vs = out.add_stream("libx264", rate=25)
+        vs.width, vs.height, vs.pix_fmt = w, h, "yuv420p"
+        vs.options = {"preset": "ultrafast", "crf": "10"}
+        if pts is not None:
+            vs.time_base = vs.codec_context.time_base = Fraction(1, 1000)
+        for i in range(frames):
+            img = base.copy()
+            if on(i):
+                img[y : y + side, x : x + side] = (230, 20, 20)
+            vf = av.VideoFrame.from_ndarray(img, format="rgb24")
+            if pts is not None:
+                vf.pts, vf.time_base = pts[i], Fraction(1, 1000)
+            for p in vs.encode(vf):
+                out.mux(p)
+        for p in vs.encode(None):
+            out.mux(p)
+    return path
+
+
+def square_covered(frames: list[np.ndarray], square) -> list[bool]:
+    x, y, side = square
+    return [bool(f[y + 2 : y + side - 2, x + 2 : x + side - 2].max() <= 24) for f in frames]
+
+
+def test_small_face_found_by_its_band_is_covered_back_to_the_previous_look(tmp_path):
+    """640x360 in 4 bands; the square is too small for the cheap look (6 px there): only the
+    native look of its band (every 4th frame) finds it, and tracking covers every frame from
+    its first appearance, back to the previous look of that band."""
+    square = (300, 300, 14)  # in the last band (rows >= 270)
+    src = square_clip(tmp_path / "in.mp4", 40, (640, 360), square, on=lambda i: i >= 5)
+    det = ColourDetector(min_side=10)
+    res = sanitize(src, tmp_path / "out.mp4", det, "mp4", native_pixels=60_000, scan_side=320)
+    plan = video.ScanPlan.for_frame(640, 360, VideoConfig(native_pixels=60_000, scan_side=320))
+    assert plan.cycle == 4 and plan.cheap == (320, 180)
+    # until the face is found: one cheap look and one band per frame
+    bands = [b[3] - b[1] for b in plan.bands]
+    assert det.shapes[:16] == [s for i in range(8) for s in ((180, 320, 3), (bands[i % 4], 640, 3))]
+    covered = square_covered(frames_rgb(tmp_path / "out.mp4"), square)
+    assert all(covered[5:]), [i for i, c in enumerate(covered) if not c]
+    detected = [d[0] for d in res.detections if d[4].any()]
+    # found by its band's look at frame 7, then by a native track crop on every frame
+    assert detected == list(range(7, 40))
+    assert det.shapes[18][1] == det.shapes[18][0] >= 14 + 2 * 16  # the crop around the face
+    assert res.detections[0][0] <= 5  # covered from before its first detection (frame 7)
 
 
 def test_parallel_detection_threads_keep_frame_order(tmp_path):
     src = make_clip(tmp_path / "in.mp4", frames=40, audio=None)
     det = FakeRawDetector()
-    res = sanitize(src, tmp_path / "out.mp4", det, "mp4", detect_every=1, detect_threads=2)
+    res = sanitize(src, tmp_path / "out.mp4", det, "mp4", detect_threads=2)
     assert det.calls == 40 and [d[0] for d in res.detections] == list(range(40))
     m = upright_face_mask(96, 160, 0)
     assert all(a[m].max() <= 24 for a in frames_rgb(tmp_path / "out.mp4"))
 
 
-def test_coarse_scans_while_every_face_is_big(tmp_path):
-    """A big face: one scan in `full_scan_every` at the full detection size, the others at
-    half of it; every frame stays covered."""
-    src = make_clip(tmp_path / "in.mp4", frames=32, size=(640, 360), audio=None)
-    det = FakeRawDetector()
-    sanitize(src, tmp_path / "out.mp4", det, "mp4", detect_every=2)
-    full, coarse = (352, 640, 3), (176, 320, 3)
-    assert det.shapes == [full if i % 4 == 0 else coarse for i in range(16)]
-    m = upright_face_mask(360, 640, 0)
-    assert all(a[m].max() <= 24 for a in frames_rgb(tmp_path / "out.mp4"))
+def test_on_detections_gets_every_frame_with_faces_in_order(tmp_path):
+    src = make_clip(tmp_path / "in.mp4", frames=20, audio=None)
+    got = []
+    res = video.sanitize(
+        str(src),
+        str(tmp_path / "out.mp4"),
+        FakeDetector(),
+        SOLID,
+        VideoConfig(),
+        container="mp4",
+        on_detections=lambda *row: got.append(row),
+    )
+    assert res.detections == [] and [r[0] for r in got] == list(range(20))
+    assert all(len(r[2]) == 1 and r[3].tolist() == [0] and r[4].all() for r in got)
+    assert got[1][1] == pytest.approx(40.0)  # t_ms at 25 fps
 
 
-@pytest.mark.parametrize("vkw", [{}, {"full_scan_every": 1}, {"coarse_scale": 1.0}])
-def test_small_faces_or_coarse_scans_off_keep_every_scan_full(tmp_path, vkw):
-    """The fake face in a 160x96 frame is under `coarse_min_face`: no scan is coarse."""
-    src = make_clip(tmp_path / "in.mp4", frames=16, audio=None)
-    det = FakeRawDetector()
-    sanitize(src, tmp_path / "out.mp4", det, "mp4", detect_every=2, **vkw)
-    assert det.shapes == [(96, 160, 3)] * 8
+def test_detector_adapters_are_explicit():
+    assert isinstance(video.video_detector(FakeRawDetector()), video.CenterFaceLooks)
+    assert isinstance(video.video_detector(FakeDetector()), video.WholeImageLooks)
+    looks = video.CenterFaceLooks(FakeRawDetector())
+    assert video.video_detector(looks) is looks  # already a VideoDetector
 
 
-def test_face_first_seen_by_a_full_scan_is_covered_back_to_the_previous_one(tmp_path):
-    """A detector that finds the face only at full size (a face coarse scans miss): frames
-    between two full scans are covered by the look-ahead, not left to the next full scan."""
-
-    class FullOnly(FakeRawDetector):
-        def infer(self, image, threshold):
-            got = super().infer(image, threshold)
-            return got if image.shape[1] == 640 and self.calls > 1 else type(got).empty()
-
-    src = make_clip(tmp_path / "in.mp4", frames=40, size=(640, 360), audio=None)
-    det = FullOnly()
-    res = sanitize(src, tmp_path / "out.mp4", det, "mp4", detect_every=2)
-    # the face is found from the 2nd full scan on (frame 8): covered from frame 0 (lead = 8)
-    assert [d[0] for d in res.detections][:1] == [0]
-    m = upright_face_mask(360, 640, 0)
-    assert all(a[m].max() <= 24 for a in frames_rgb(tmp_path / "out.mp4"))
+@pytest.mark.parametrize("vfr", [False, True])
+def test_long_frame_gets_a_full_native_look(tmp_path, vfr):
+    """A frame on screen for 3 frame intervals (a still in a variable-frame-rate clip) is
+    scanned in every band; a small face on it alone is found and redacted."""
+    square = (300, 300, 14)
+    pts = [i * 40 for i in range(12)]
+    pts = pts[:6] + [p + 80 for p in pts[6:]]  # frame 5 lasts 120 ms
+    src = square_clip(
+        tmp_path / "in.mp4", 12, (640, 360), square, on=lambda i: i == 5, pts=pts if vfr else None
+    )
+    det = ColourDetector(min_side=10)
+    sanitize(src, tmp_path / "out.mp4", det, "mp4", native_pixels=60_000, scan_side=320)
+    covered = square_covered(frames_rgb(tmp_path / "out.mp4"), square)
+    if vfr:
+        plan = video.ScanPlan.for_frame(640, 360, VideoConfig(native_pixels=60_000, scan_side=320))
+        frame5 = [(180, 320, 3)] + [(b[3] - b[1], 640, 3) for b in plan.bands]
+        assert det.shapes[10:15] == frame5  # frame 5: the cheap look + all 4 bands
+        assert covered[5]
+    else:
+        assert len(det.shapes) == 2 * 12  # constant rate: one band per frame
 
 
 def test_timing_audio_and_no_tags_kept(tmp_path):
@@ -644,6 +745,51 @@ def test_cli_run_on_a_folder_with_a_real_clip(tmp_path, cli):
     assert dets.detected.any()
 
 
+@pytest.mark.integration
+@pytest.mark.parametrize("vfr", [False, True], ids=["cfr", "vfr"])
+@pytest.mark.parametrize("index", [6, 7], ids=["even", "odd"])
+def test_face_on_one_single_frame_is_redacted(tmp_path, real_detector, index, vfr):
+    """A real face (the astronaut) on screen for one frame only, at an even or odd index, at a
+    constant or variable frame rate (where that frame stays on screen for 0.4 s)."""
+    from tests.conftest import astronaut
+
+    face = cv2.resize(astronaut(), (256, 256), interpolation=cv2.INTER_AREA)
+    w, h, x, y = 1280, 720, 700, 300
+    rng = np.random.default_rng(2)
+    base = rng.integers(100, 150, (h, w, 3), dtype=np.uint8)
+    ms = [i * 40 for i in range(14)]
+    if vfr:
+        ms = ms[: index + 1] + [t + 360 for t in ms[index + 1 :]]
+    src = tmp_path / "in.mp4"
+    with av.open(str(src), "w") as out:
+        vs = out.add_stream("libx264", rate=25)
+        vs.width, vs.height, vs.pix_fmt = w, h, "yuv420p"
+        vs.options = {"preset": "ultrafast", "crf": "12"}
+        vs.time_base = vs.codec_context.time_base = Fraction(1, 1000)
+        for i, t in enumerate(ms):
+            img = base.copy()
+            if i == index:
+                img[y : y + 256, x : x + 256] = face
+            vf = av.VideoFrame.from_ndarray(img, format="rgb24")
+            vf.pts, vf.time_base = t, Fraction(1, 1000)
+            for p in vs.encode(vf):
+                out.mux(p)
+        for p in vs.encode(None):
+            out.mux(p)
+    found = real_detector.detect(frames_rgb(src)[index])
+    assert len(found) >= 1  # the face is there to be found
+    res = video.sanitize(
+        str(src), str(tmp_path / "out.mp4"), real_detector, SOLID, VideoConfig(), container="mp4"
+    )
+    assert res.frames == 14
+    assert index in [d[0] for d in res.detections]
+    outs = frames_rgb(tmp_path / "out.mp4")
+    for x1, y1, x2, y2 in found.boxes.astype(int):
+        cx1, cy1 = x1 + (x2 - x1) // 4, y1 + (y2 - y1) // 4
+        cx2, cy2 = x2 - (x2 - x1) // 4, y2 - (y2 - y1) // 4
+        assert outs[index][cy1:cy2, cx1:cx2].max() <= 24, "the face's frame was not redacted"
+
+
 # -- never a hang ---------------------------------------------------------------------------
 class SlowDetector(FakeDetector):
     def detect(self, image):
@@ -655,7 +801,7 @@ class SlowDetector(FakeDetector):
 
 
 def test_stalled_pipeline_fails_instead_of_waiting(tmp_path, monkeypatch):
-    monkeypatch.setattr(video, "_STALL", 1.0)
+    monkeypatch.setattr(stages, "STALL", 1.0)
     src = make_clip(tmp_path / "in.mp4", frames=30)
     out = tmp_path / "out.mp4"
     with pytest.raises(DecodeError, match="no progress"):
@@ -685,10 +831,10 @@ def test_stage_stuck_in_native_code_fails_the_file(tmp_path, monkeypatch):
 
     gate = threading.Event()
     real_open = av.open
-    monkeypatch.setattr(video, "_STALL", 1.0)
-    monkeypatch.setattr(video, "_JOIN", 0.3)
+    monkeypatch.setattr(stages, "STALL", 1.0)
+    monkeypatch.setattr(stages, "JOIN", 0.3)
     src = make_clip(tmp_path / "in.mp4", frames=30)
-    monkeypatch.setattr(video.av, "open", lambda *a, **k: HangingInput(real_open(*a, **k), gate))
+    monkeypatch.setattr(av, "open", lambda *a, **k: HangingInput(real_open(*a, **k), gate))
     out = tmp_path / "out.mp4"
     try:
         with pytest.raises(DecodeError, match="no progress") as info:

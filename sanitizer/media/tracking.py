@@ -242,6 +242,12 @@ class TemporalCoverage:
         self._tracks = kept
         return out
 
+    def live_boxes(self, t: int) -> np.ndarray:
+        """Where the tracks detected in the `keep` frames before frame t are expected at t
+        (predicted boxes): where to look for them again."""
+        boxes = [tr.predict(t) for tr in self._tracks if 0 < t - tr.frames[-1] <= self.keep]
+        return np.asarray(boxes, np.float64).reshape(-1, 4)
+
     # -- streaming API ------------------------------------------------------------------
     def push(self, t: int, dets: Detections | None) -> list[FrameBoxes]:
         """Add frame t (frames in increasing order) with its detections, or None if the
