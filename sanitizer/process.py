@@ -325,15 +325,18 @@ def _process_video(item: MediaItem, ctx: Context, res: FileResult) -> list[dict[
         res.phash = phash.of_video(src_path)  # compliance (issue 14): keyframe hashes
         with tempfile.TemporaryDirectory(prefix="sanitizer-out-") as tmp:
             out_path = os.path.join(tmp, "out" + suffix)
-            out = video.sanitize(
-                src_path, out_path, ctx.detector, ctx.params, ctx.cfg.video, container=container
-            )
-            # Rows go to a sink that writes a part every DETECTION_PART_ROWS rows. The lead
-            # wires video.sanitize's on_detections callback to sink.add_frame at merge; until
-            # then it is fed from the outcome here.
+            # detection rows go to a sink as frames are finalised, which writes a part every
+            # DETECTION_PART_ROWS rows: a long video's rows are never all held in memory
             sink = audit.DetectionSink(ctx.dst, ctx.run_id, item.key)
-            for frame, t_ms, faces, track_ids, detected in out.detections:
-                sink.add_frame(frame, t_ms, faces, track_ids, detected)
+            out = video.sanitize(
+                src_path,
+                out_path,
+                ctx.detector,
+                ctx.params,
+                ctx.cfg.video,
+                container=container,
+                on_detections=sink.add_frame,
+            )
             res.frames, res.fps = _count(out.frames), _sane(out.fps, 0.0, 10_000.0)
             res.media_duration_ms = _sane(out.duration_ms, 0.0, float(INT32_MAX) * 1000)
             res.audio_kept = out.audio_kept
