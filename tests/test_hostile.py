@@ -264,8 +264,8 @@ def corpus() -> list[Case]:
         Case(b"video/plain.mp4", video(), ok),
         Case(b"video/camera.3gp", video(fmt="3gp"), ok),
         Case(b"video/camcorder.mts", video(fmt="mpegts"), ok, xfail="mpegts muxer: MUXERS in media/video.py"),
-        Case(b"video/odd-444.mp4", video(size=(511, 383), pix_fmt="yuv444p", n=4), ok, xfail="video odd sizes: media/video.py"),
-        Case(b"video/vp9-853.mp4", video(size=(853, 480), codec="libvpx-vp9", pix_fmt="yuv420p", n=3), ok, xfail="video odd sizes: media/video.py"),
+        Case(b"video/odd-444.mp4", video(size=(511, 383), pix_fmt="yuv444p", n=4), ok),
+        Case(b"video/vp9-853.mp4", video(size=(853, 480), codec="libvpx-vp9", pix_fmt="yuv420p", n=3), ok),
     ]  # fmt: skip
 
 
@@ -372,7 +372,6 @@ def test_rows_say_what_happened(hostile):
         print("now passing (remove their xfail):", fixed)
 
 
-@pytest.mark.xfail(strict=False, reason="video odd sizes: media/video.py")
 @pytest.mark.parametrize("key", [b"video/odd-444.mp4", b"video/vp9-853.mp4"])
 def test_odd_video_sizes_are_encoded(hostile, key):
     _, dst, _, _, _ = hostile

@@ -77,6 +77,7 @@ def make_clip(
     audio: str | None = "aac",
     rotation: int = 0,
     codec: str = "libx264",
+    pix_fmt: str = "yuv420p",
     fmt: str | None = None,
     metadata: dict[str, str] | None = None,
     options: dict[str, str] | None = None,
@@ -88,7 +89,7 @@ def make_clip(
         if metadata:
             out.metadata.update(metadata)
         vs = out.add_stream(codec, rate=fps)
-        vs.width, vs.height, vs.pix_fmt = w, h, "yuv420p"
+        vs.width, vs.height, vs.pix_fmt = w, h, pix_fmt
         if codec == "libx264":
             vs.options = {"preset": "ultrafast", "crf": "18"}
         if rotation:
@@ -564,6 +565,56 @@ def test_other_containers_h264_with_audio_copied(tmp_path, container, suffix):
         with av.open(str(src)) as ci:
             assert c.streams.audio[0].codec_context.name == ci.streams.audio[0].codec_context.name
     assert len(frames_rgb(out)) == 20
+
+
+@pytest.mark.parametrize(
+    ("size", "codec", "pix_fmt", "fmt", "container"),
+    [
+        ((511, 383), "libx264", "yuv444p", "mp4", "mp4"),
+        ((853, 480), "libvpx-vp9", "yuv420p", "mp4", "mp4"),
+        ((17, 9), "libx264", "yuv444p", "matroska", "mkv"),
+        ((171, 97), "libvpx-vp9", "yuv420p", "webm", "webm"),
+    ],
+)
+def test_odd_sizes_and_any_chroma_layout_are_encoded(
+    tmp_path, size, codec, pix_fmt, fmt, container
+):
+    """x264 takes even sides only: an odd width or height gets its last column/row repeated
+    once (H.264 output one pixel bigger); VP9 (WebM) keeps the size. Frames are yuv420p."""
+    w, h = size
+    audio = "libopus" if fmt == "webm" else "aac"
+    src = make_clip(
+        tmp_path / f"in.{container}", frames=6, size=size, codec=codec, pix_fmt=pix_fmt,
+        fmt=fmt, audio=audio,
+    )  # fmt: skip
+    out = tmp_path / f"out.{container}"
+    res = sanitize(src, out, FakeDetector(), container)
+    assert res.frames == 6 and res.audio_kept
+    ow, oh = (w, h) if container == "webm" else (w + w % 2, h + h % 2)
+    with av.open(str(out)) as c:
+        vs = c.streams.video[0]
+        assert (vs.codec_context.width, vs.codec_context.height) == (ow, oh)
+        assert vs.codec_context.pix_fmt == "yuv420p"
+    outs = frames_rgb(out)
+    assert len(outs) == 6
+    if min(size) >= 64:  # the face is big enough to check its interior
+        m = upright_face_mask(h, w, 0)
+        assert all(a[:h, :w][m].max() <= 24 for a in outs)
+
+
+def test_pad_to_even_repeats_the_last_column_and_row():
+    from sanitizer.media.video.yuv import pad_to_even, plane
+
+    rgb = np.random.default_rng(0).integers(0, 256, (9, 17, 3), np.uint8)
+    frame = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format="yuv420p")
+    padded = pad_to_even(frame)
+    assert (padded.width, padded.height) == (18, 10)
+    y, y0 = plane(padded, 0, 18, 10), plane(frame, 0, 17, 9)
+    assert (y[:9, :17] == y0).all() and (y[:9, 17] == y0[:, 16]).all() and (y[9] == y[8]).all()
+    for i in (1, 2):
+        assert (plane(padded, i, 9, 5) == plane(frame, i, 9, 5)).all()
+    even = av.VideoFrame(16, 8, "yuv420p")
+    assert pad_to_even(even) is even
 
 
 def test_missing_moov_fails_and_writes_nothing(tmp_path):

@@ -11,7 +11,9 @@
 Queues are bounded (stages.py), so memory does not grow with duration; frames without faces
 reach the encoder untouched.
 
-Output: same container, H.264 yuv420p (VP9 for WebM); every frame keeps its timestamp in the
+Output: same container, H.264 yuv420p (VP9 for WebM; frames of any other pixel format are
+converted to yuv420p when decoded, and H.264 frames with an odd width or height get the last
+column/row repeated once: x264 takes even sides only); every frame keeps its timestamp in the
 input's time base, so frame count, rate and duration match; the display rotation is written
 back as a display matrix; the first audio stream is copied packet for packet (re-encoded
 only if the container cannot hold its codec); subtitles, data, attachments, chapters and
@@ -45,7 +47,7 @@ from sanitizer.media.video.geometry import rotation_turns
 from sanitizer.media.video.marking import RegionMarker
 from sanitizer.media.video.scan import Frame, ScanPlan, detection_pool, scan_loop
 from sanitizer.media.video.stages import END, Stage, get, put
-from sanitizer.media.video.yuv import SteadyMasks, redact_yuv420p
+from sanitizer.media.video.yuv import SteadyMasks, pad_to_even, redact_yuv420p
 from sanitizer.records import Detections
 from sanitizer.redact import RedactParams
 
@@ -74,6 +76,9 @@ MUXERS = {"mp4": "mp4", "mov": "mov", "mkv": "matroska", "webm": "webm", "avi": 
 EXTENSIONS = {ext: fmt for ext, (kind, fmt) in MANIFEST_EXTENSIONS.items() if kind == "video"}
 # audio encoder used when the container cannot hold the input's audio codec
 FALLBACK_AUDIO = {"webm": "libopus"}
+# video encoders that take 4:2:0 frames of any size; the others (x264) take even sides only,
+# and frames with an odd width or height are padded by one pixel (yuv.pad_to_even)
+ODD_SIDES_OK = frozenset({"libvpx-vp9"})
 
 
 def _muxer(container: str, out_path: str) -> tuple[str, str]:
@@ -342,14 +347,16 @@ def _run(
             if codec == "libx264" and vcfg.redacted_qoffset
             else None
         )
+        pad = codec not in ODD_SIDES_OK
         while True:
             item = get(q_enc, stop)
             if item is not END and item[0] == "v":
                 boxes = item[2] if steady is None else steady(item[2], item[4])
-                if len(boxes):
-                    regions = redact_yuv420p(item[1], boxes, params)
-                    if marker is not None:
-                        item = (item[0], marker(item[1], regions), *item[2:])
+                regions = redact_yuv420p(item[1], boxes, params) if len(boxes) else []
+                if pad:
+                    item = (item[0], pad_to_even(item[1]), *item[2:])
+                if regions and marker is not None:
+                    item = (item[0], marker(item[1], regions), *item[2:])
             put(q_out, item, stop)
             if item is END:
                 break
