@@ -263,7 +263,7 @@ def corpus() -> list[Case]:
         # videos: containers and sizes
         Case(b"video/plain.mp4", video(), ok),
         Case(b"video/camera.3gp", video(fmt="3gp"), ok),
-        Case(b"video/camcorder.mts", video(fmt="mpegts"), ok, xfail="mpegts muxer: MUXERS in media/video.py"),
+        Case(b"video/camcorder.mts", video(fmt="mpegts"), ok),
         Case(b"video/odd-444.mp4", video(size=(511, 383), pix_fmt="yuv444p", n=4), ok),
         Case(b"video/vp9-853.mp4", video(size=(853, 480), codec="libvpx-vp9", pix_fmt="yuv420p", n=3), ok),
     ]  # fmt: skip
@@ -378,7 +378,6 @@ def test_odd_video_sizes_are_encoded(hostile, key):
     assert rows_by_raw_key(dst)[key]["status"] == "ok"
 
 
-@pytest.mark.xfail(strict=False, reason="mpegts muxer: MUXERS in media/video.py")
 def test_mpegts_camcorder_video_is_processed(hostile):
     _, dst, _, _, _ = hostile
     assert rows_by_raw_key(dst)[b"video/camcorder.mts"]["status"] == "ok"

@@ -108,9 +108,13 @@ def make_clip(
             if as_ is not None:
                 n = 48000 // fps
                 t = (np.arange(samples, samples + n) / 48000.0).astype(np.float32)
-                af = av.AudioFrame.from_ndarray(
-                    (0.2 * np.sin(2 * np.pi * 440 * t))[None, :], format="fltp", layout="mono"
-                )
+                wave = (0.2 * np.sin(2 * np.pi * 440 * t))[None, :]
+                if audio.startswith("pcm_s16"):
+                    af = av.AudioFrame.from_ndarray(
+                        (wave * 32767).astype(np.int16), format="s16", layout="mono"
+                    )
+                else:
+                    af = av.AudioFrame.from_ndarray(wave, format="fltp", layout="mono")
                 af.sample_rate, af.pts = 48000, samples
                 samples += n
                 for p in as_.encode(af):
@@ -615,6 +619,32 @@ def test_pad_to_even_repeats_the_last_column_and_row():
         assert (plane(padded, i, 9, 5) == plane(frame, i, 9, 5)).all()
     even = av.VideoFrame(16, 8, "yuv420p")
     assert pad_to_even(even) is even
+
+
+@pytest.mark.parametrize(
+    ("fmt", "container", "suffix", "audio"),
+    [
+        ("mpegts", "mpegts", ".mts", "aac"),
+        ("mpegts", "mpegts", ".ts", "mp2"),
+        ("mxf", "mxf", ".mxf", "pcm_s16le"),
+    ],
+)
+def test_camera_containers_h264_with_audio_copied(tmp_path, fmt, container, suffix, audio):
+    """MPEG-TS (camcorder .mts/.ts) and MXF come out in the same container, H.264, every frame,
+    the audio packets copied."""
+    src = make_clip(tmp_path / f"in{suffix}", frames=20, audio=audio, fmt=fmt)
+    out = tmp_path / f"out{suffix}"
+    res = sanitize(src, out, FakeDetector(), container)
+    assert res.frames == 20 and res.audio_kept
+    with av.open(str(out)) as c:
+        assert c.format.name == fmt
+        assert c.streams.video[0].codec_context.name == "h264"
+        assert c.streams.audio[0].codec_context.name == audio
+        assert sum(1 for _ in c.decode(audio=0)) > 0
+    outs = frames_rgb(out)
+    assert len(outs) == 20
+    m = upright_face_mask(96, 160, 0)
+    assert all(a[m].max() <= 24 for a in outs)
 
 
 def test_missing_moov_fails_and_writes_nothing(tmp_path):

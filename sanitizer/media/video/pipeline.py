@@ -71,7 +71,15 @@ class VideoOutcome:
 
 
 # sniffed container -> FFmpeg muxer name
-MUXERS = {"mp4": "mp4", "mov": "mov", "mkv": "matroska", "webm": "webm", "avi": "avi"}
+MUXERS = {
+    "mp4": "mp4",
+    "mov": "mov",
+    "mkv": "matroska",
+    "webm": "webm",
+    "avi": "avi",
+    "mpegts": "mpegts",  # .ts/.mts/.m2ts camcorder video (written with 188-byte packets)
+    "mxf": "mxf",  # FFmpeg's MXF muxer takes x264's H.264 and PCM audio
+}
 # output extension -> container, when the caller did not say (the manifest's own table)
 EXTENSIONS = {ext: fmt for ext, (kind, fmt) in MANIFEST_EXTENSIONS.items() if kind == "video"}
 # audio encoder used when the container cannot hold the input's audio codec
