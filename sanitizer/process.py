@@ -340,6 +340,7 @@ def _process_video(item: MediaItem, ctx: Context, res: FileResult) -> list[dict[
             res.frames, res.fps = _count(out.frames), _sane(out.fps, 0.0, 10_000.0)
             res.media_duration_ms = _sane(out.duration_ms, 0.0, float(INT32_MAX) * 1000)
             res.audio_kept = out.audio_kept
+            res.n_images = out.tracks  # video tracks written
             # a damaged index can claim any number of frames: never more dropped packets
             # than bytes in the file
             res.dropped_packets = min(_count(out.dropped_packets), max(0, item.size))

@@ -647,6 +647,46 @@ def test_camera_containers_h264_with_audio_copied(tmp_path, fmt, container, suff
     assert all(a[m].max() <= 24 for a in outs)
 
 
+def extra_video_stream_clip(path: Path, *, cover: bool) -> Path:
+    """An MP4 of 10 frames with a second video stream: cover art (an attached picture) or a
+    second video track."""
+    with av.open(str(path), "w") as out:
+        vs = out.add_stream("libx264", rate=25)
+        vs.width, vs.height, vs.pix_fmt = 160, 96, "yuv420p"
+        if cover:
+            extra = out.add_stream("mjpeg")
+            extra.width, extra.height, extra.pix_fmt = 64, 48, "yuvj420p"
+            extra.disposition = av.stream.Disposition.attached_pic
+        else:
+            extra = out.add_stream("libx264", rate=25)
+            extra.width, extra.height, extra.pix_fmt = 64, 48, "yuv420p"
+        img = np.full((96, 160, 3), 200, np.uint8)
+        for i in range(10):
+            out.mux(vs.encode(av.VideoFrame.from_ndarray(img, format="rgb24")))
+            if not cover or i == 0:
+                out.mux(extra.encode(av.VideoFrame(64, 48, extra.pix_fmt)))
+        out.mux(vs.encode(None))
+        out.mux(extra.encode(None))
+    return path
+
+
+def test_two_video_tracks_fail_and_write_nothing(tmp_path):
+    src = extra_video_stream_clip(tmp_path / "in.mp4", cover=False)
+    out = tmp_path / "out.mp4"
+    with pytest.raises(DecodeError, match="2 video tracks: only single-track videos"):
+        sanitize(src, out, FakeDetector(), "mp4")
+    assert not out.exists()
+
+
+def test_cover_art_is_not_a_track_and_is_dropped(tmp_path):
+    src = extra_video_stream_clip(tmp_path / "in.mp4", cover=True)
+    out = tmp_path / "out.mp4"
+    res = sanitize(src, out, FakeDetector(), "mp4")
+    assert res.tracks == 1 and res.frames == 10
+    with av.open(str(out)) as c:
+        assert [s.type for s in c.streams] == ["video"]
+
+
 def test_missing_moov_fails_and_writes_nothing(tmp_path):
     src = make_clip(tmp_path / "in.mp4", frames=30)
     bad = tmp_path / "bad.mp4"

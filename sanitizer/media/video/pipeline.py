@@ -17,7 +17,8 @@ column/row repeated once: x264 takes even sides only); every frame keeps its tim
 input's time base, so frame count, rate and duration match; the display rotation is written
 back as a display matrix; the first audio stream is copied packet for packet (re-encoded
 only if the container cannot hold its codec); subtitles, data, attachments, chapters and
-every container/stream metadata tag are dropped, and so is cover art.
+every container/stream metadata tag are dropped, and so is cover art. A file with several
+video tracks (cover art is not one) fails: only single-track videos are written.
 
 Fail closed: any error raises DecodeError/EncodeError and the caller publishes nothing.
 Packets the decoder rejects are counted in `dropped_packets` (together with frames the
@@ -68,6 +69,7 @@ class VideoOutcome:
     duration_ms: float = 0.0
     audio_kept: bool = False
     dropped_packets: int = 0
+    tracks: int = 0  # video tracks written (1: a file with several fails, see _run)
 
 
 # sniffed container -> FFmpeg muxer name
@@ -187,6 +189,10 @@ def _run(
     videos = [s for s in inp.streams.video if not s.disposition & still]
     if not videos:
         raise DecodeError("no video stream")
+    if len(videos) > 1:  # publishing the first alone would drop the others without a word
+        raise DecodeError(
+            f"{len(videos)} video tracks: only single-track videos are supported; nothing published"
+        )
     vin = videos[0]
     ain = inp.streams.audio[0] if inp.streams.audio else None
     vin.thread_type = "AUTO"
@@ -442,6 +448,7 @@ def _run(
     if stats["frames"] == 0:
         raise DecodeError("no decodable video frame")
     outcome.frames = stats["frames"]
+    outcome.tracks = 1
     outcome.audio_kept = stats["audio_kept"]
     dur = (stats["last_pts"] - stats["first_pts"] + (stats["last_dur"] or 0)) * tb
     outcome.duration_ms = float(dur * 1000)
