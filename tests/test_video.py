@@ -966,6 +966,53 @@ def test_stage_stuck_in_native_code_fails_the_file(tmp_path, monkeypatch):
         gate.set()  # let the stuck thread see the stop and end
 
 
+def test_file_over_its_time_limit_fails_and_stops_every_stage(tmp_path):
+    import threading
+
+    src = make_clip(tmp_path / "in.mp4", frames=30)
+    out = tmp_path / "out.mp4"
+    before = {t.name for t in threading.enumerate()}
+    with pytest.raises(DecodeError, match=r"over input.file_timeout_s \(0.5 s\)") as info:
+        video.sanitize(
+            str(src), str(out), SlowDetector(), SOLID, VideoConfig(), "mp4", timeout_s=0.5
+        )
+    assert "nothing published" in str(info.value) and not info.value.stuck
+    assert not out.exists()
+    left = {t.name for t in threading.enumerate()} - before
+    assert not {n for n in left if n.startswith("sanitizer-")}, left  # threads unwound
+
+
+def test_time_limit_counts_from_the_given_start(tmp_path):
+    import time
+
+    src = make_clip(tmp_path / "in.mp4", frames=10)
+    out = tmp_path / "out.mp4"
+    with pytest.raises(DecodeError, match="over input.file_timeout_s"):
+        video.sanitize(
+            str(src), str(out), FakeDetector(), SOLID, VideoConfig(), "mp4",
+            timeout_s=5, started=time.monotonic() - 10,
+        )  # fmt: skip
+    assert not out.exists()
+    res = video.sanitize(
+        str(src), str(out), FakeDetector(), SOLID, VideoConfig(), "mp4", timeout_s=60
+    )
+    assert res.frames == 10
+
+
+def test_cli_video_over_file_timeout_fails_with_the_limit_named(tmp_path, cli):
+    import pandas as pd
+
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    src.mkdir()
+    make_clip(src / "clip.mp4", frames=12)
+    (tmp_path / "c.yaml").write_text("input:\n  file_timeout_s: 0.001\n")
+    proc = cli("run", str(src), str(dst), "--workers", "1", "--config", str(tmp_path / "c.yaml"))
+    assert proc.returncode == 1, proc.stderr
+    row = pd.read_parquet(dst / "_audit" / "files").set_index("key").loc["clip.mp4"]
+    assert row["status"] == "failed" and "over input.file_timeout_s (0.001 s)" in row["error"]
+    assert not (dst / "clip.mp4").exists()
+
+
 def test_run_goes_by_content_when_the_extension_lies(tmp_path, cli):
     """The manifest of `run` classifies by extension; the worker re-sniffs the bytes: an MP4
     named .jpg is processed as a video, a text file named .jpg is skipped as not media."""

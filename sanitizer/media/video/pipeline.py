@@ -32,6 +32,7 @@ import contextlib
 import os
 import queue
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -133,8 +134,14 @@ def sanitize(
     vcfg,
     container: str = "",
     on_detections: OnDetections | None = None,
+    timeout_s: float = 0.0,
+    started: float | None = None,
 ) -> VideoOutcome:
     """Redact every face in every frame of the video at `src_path` into `out_path`.
+
+    `timeout_s` (config `input.file_timeout_s`; 0 = none): wall-clock seconds for the file,
+    counted from `started` (a time.monotonic() value; default: now). Over it, every stage is
+    stopped and the file fails (DecodeError "over input.file_timeout_s ...").
 
     `detector`: a VideoDetector (detector.py) or any detector `video_detector` adapts.
     `on_detections(frame, t_ms, detections, track_ids, detected)`: called once per finalised
@@ -142,13 +149,17 @@ def sanitize(
     out instead of holding a whole video's); without it they are collected into the
     outcome's `detections`."""
     kind, muxer = _muxer(container, out_path)
+    start = time.monotonic() if started is None else started
+    deadline = start + float(timeout_s) if timeout_s and timeout_s > 0 else 0.0
     try:
         inp = av.open(src_path, "r")
     except (av.error.FFmpegError, OSError, ValueError) as exc:
         raise DecodeError(f"cannot open video: {_reason(exc)}") from None
     try:
         vdet = video_detector(detector)
-        return _run(inp, out_path, kind, muxer, vdet, params, vcfg, on_detections)
+        return _run(
+            inp, out_path, kind, muxer, vdet, params, vcfg, on_detections, deadline, timeout_s
+        )
     except BaseException as exc:
         _remove(out_path)  # never leave a partial output behind
         if isinstance(exc, stages.Hung) and exc.stuck:
@@ -183,6 +194,8 @@ def _run(
     params: RedactParams,
     vcfg,
     on_detections: OnDetections | None,
+    deadline: float = 0.0,
+    timeout_s: float = 0.0,
 ) -> VideoOutcome:
     # cover art (an attached picture) is a video stream too: it is neither scanned nor kept
     still = av.stream.Disposition.attached_pic
@@ -210,6 +223,7 @@ def _run(
     stats = {
         "dropped": 0,
         "frames": 0,
+        "frames_in": 0,  # frames decoded so far
         "turns": 0,
         "first_pts": None,
         "last_pts": None,
@@ -292,6 +306,7 @@ def _run(
         if fr.format.name != "yuv420p":
             fr = fr.reformat(format="yuv420p")
         put(q_dec, Frame(index, fr, pts, small), stop)
+        stats["frames_in"] = index + 1
         return index + 1, pts, size
 
     # ---- stage 3: redact + encode + mux ----------------------------------------------------
@@ -403,6 +418,20 @@ def _run(
         out.close()
         out_state["out"] = None
 
+    # the file's wall-clock limit: a timer stops every stage (each sees `stop` within 0.1 s
+    # of its next wait) and the file fails below
+    expired = threading.Event()
+
+    def expire() -> None:
+        expired.set()
+        stop.set()
+
+    timer = None
+    if deadline:
+        timer = threading.Timer(max(0.0, deadline - time.monotonic()), expire)
+        timer.daemon = True
+        timer.start()
+
     dec = Stage("sanitizer-decode", decode, stop)
     red = Stage("sanitizer-redact", redact, stop)
     enc = Stage("sanitizer-encode", _wrap_encode(encode), stop)
@@ -426,11 +455,15 @@ def _run(
         stop.set()
         raise
     finally:
+        if timer is not None:
+            timer.cancel()
         if stop.is_set():
             stuck = [n for s in (dec, red, enc) for n in stages.join(s, stages.JOIN)]
             if out_state["out"] is not None and enc.name not in stuck:
                 with contextlib.suppress(av.error.FFmpegError):
                     out_state["out"].close()
+            if expired.is_set():
+                raise stages.timed_out(timeout_s, stats["frames_in"], stuck) from None
             if stuck:
                 raise stages.stalled(stuck) from None
     stuck = [n for s in (dec, red, enc) for n in stages.join(s, stages.STALL)]
