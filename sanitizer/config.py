@@ -29,7 +29,7 @@ class InputConfig:
     max_image_pixels: int = 1024**3
     max_frames: int = 1_000_000  # frames of a video, frames/pages of an image
     max_duration_s: float = 6 * 3600.0  # a video's duration as its container declares it
-    # wall-clock seconds for one file (images: checked between frames; videos: see README)
+    # wall-clock seconds for one file, image or video (README: Hostile and unusual input)
     file_timeout_s: float = 3600.0
 
 

@@ -310,6 +310,7 @@ def _check_complete(out, ctx: Context) -> None:
 def _process_video(item: MediaItem, ctx: Context, res: FileResult) -> list[dict[str, Any]]:
     from sanitizer.media import video
 
+    started = time.monotonic()  # input.file_timeout_s counts from here (download included)
     _skip_if_same_stat(item, ctx, res)
     _sniffed(item, storage.read_head(ctx.src, item.key, HEAD_BYTES))  # before any download
     _check_size(item, ctx)
@@ -336,10 +337,13 @@ def _process_video(item: MediaItem, ctx: Context, res: FileResult) -> list[dict[
                 ctx.cfg.video,
                 container=container,
                 on_detections=sink.add_frame,
+                timeout_s=ctx.cfg.input.file_timeout_s,
+                started=started,
             )
             res.frames, res.fps = _count(out.frames), _sane(out.fps, 0.0, 10_000.0)
             res.media_duration_ms = _sane(out.duration_ms, 0.0, float(INT32_MAX) * 1000)
             res.audio_kept = out.audio_kept
+            res.n_images = out.tracks  # video tracks written
             # a damaged index can claim any number of frames: never more dropped packets
             # than bytes in the file
             res.dropped_packets = min(_count(out.dropped_packets), max(0, item.size))

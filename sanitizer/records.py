@@ -86,7 +86,7 @@ class FileResult:
     dropped_packets: int = 0
     worker: str = ""
     raw_key: str = ""  # the key's exact bytes, percent-encoded (`key` escapes non-UTF-8 bytes)
-    n_images: int = 0  # images written to the output (every frame/page of a multi-image file)
+    n_images: int = 0  # images written (every frame/page of an image file); videos: tracks
     # perceptual hash of the source (16 hex; videos: a few keyframes, space-separated), for
     # `sanitizer audit find --like` (sanitizer/phash.py); "" when not computed
     phash: str = ""

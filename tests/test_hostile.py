@@ -158,6 +158,25 @@ def corpus() -> list[Case]:
     def video(**kw) -> Callable[[Path], None]:
         return lambda p: clip(p, **kw)
 
+    def two_tracks(p: Path, cover: bool = False) -> None:
+        """An MP4 with a second video stream: a second track, or cover art (not a track)."""
+        with av.open(str(p), "w") as out:
+            streams = []
+            for kind in ("libx264", "mjpeg" if cover else "libx264"):
+                s = out.add_stream(kind, rate=12)
+                s.width, s.height = 96, 64
+                s.pix_fmt = "yuvj420p" if kind == "mjpeg" else "yuv420p"
+                streams.append(s)
+            if cover:
+                streams[1].disposition = av.stream.Disposition.attached_pic
+            img = np.asarray(Image.fromarray(face(128)).resize((96, 64)))
+            for i in range(6):
+                for s in streams[: 1 if cover and i else 2]:
+                    frame = av.VideoFrame.from_ndarray(np.roll(img, i, axis=1), format="rgb24")
+                    out.mux(s.encode(frame))
+            for s in streams:
+                out.mux(s.encode(None))
+
     def truncated_mp4(p: Path) -> None:
         data = clip(p)
         p.write_bytes(data[: len(data) // 2])
@@ -261,11 +280,13 @@ def corpus() -> list[Case]:
         Case(b"meta/exif.heic", write(heic(1, exif=exif())), ok),
         Case(b"meta/tags.mp4", video(metadata={"title": MARKER, "location": "+52.5+013.4/"}), ok),
         # videos: containers and sizes
-        Case(b"video/plain.mp4", video(), ok),
+        Case(b"video/plain.mp4", video(), ok, n_images=1),
+        Case(b"video/two-tracks.mp4", two_tracks, "failed", "2 video tracks: only single-track videos are supported"),
+        Case(b"video/cover-art.mp4", lambda p: two_tracks(p, cover=True), ok, n_images=1),
         Case(b"video/camera.3gp", video(fmt="3gp"), ok),
-        Case(b"video/camcorder.mts", video(fmt="mpegts"), ok, xfail="mpegts muxer: MUXERS in media/video.py"),
-        Case(b"video/odd-444.mp4", video(size=(511, 383), pix_fmt="yuv444p", n=4), ok, xfail="video odd sizes: media/video.py"),
-        Case(b"video/vp9-853.mp4", video(size=(853, 480), codec="libvpx-vp9", pix_fmt="yuv420p", n=3), ok, xfail="video odd sizes: media/video.py"),
+        Case(b"video/camcorder.mts", video(fmt="mpegts"), ok),
+        Case(b"video/odd-444.mp4", video(size=(511, 383), pix_fmt="yuv444p", n=4), ok),
+        Case(b"video/vp9-853.mp4", video(size=(853, 480), codec="libvpx-vp9", pix_fmt="yuv420p", n=3), ok),
     ]  # fmt: skip
 
 
@@ -372,14 +393,12 @@ def test_rows_say_what_happened(hostile):
         print("now passing (remove their xfail):", fixed)
 
 
-@pytest.mark.xfail(strict=False, reason="video odd sizes: media/video.py")
 @pytest.mark.parametrize("key", [b"video/odd-444.mp4", b"video/vp9-853.mp4"])
 def test_odd_video_sizes_are_encoded(hostile, key):
     _, dst, _, _, _ = hostile
     assert rows_by_raw_key(dst)[key]["status"] == "ok"
 
 
-@pytest.mark.xfail(strict=False, reason="mpegts muxer: MUXERS in media/video.py")
 def test_mpegts_camcorder_video_is_processed(hostile):
     _, dst, _, _, _ = hostile
     assert rows_by_raw_key(dst)[b"video/camcorder.mts"]["status"] == "ok"

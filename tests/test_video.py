@@ -77,6 +77,7 @@ def make_clip(
     audio: str | None = "aac",
     rotation: int = 0,
     codec: str = "libx264",
+    pix_fmt: str = "yuv420p",
     fmt: str | None = None,
     metadata: dict[str, str] | None = None,
     options: dict[str, str] | None = None,
@@ -88,7 +89,7 @@ def make_clip(
         if metadata:
             out.metadata.update(metadata)
         vs = out.add_stream(codec, rate=fps)
-        vs.width, vs.height, vs.pix_fmt = w, h, "yuv420p"
+        vs.width, vs.height, vs.pix_fmt = w, h, pix_fmt
         if codec == "libx264":
             vs.options = {"preset": "ultrafast", "crf": "18"}
         if rotation:
@@ -107,9 +108,13 @@ def make_clip(
             if as_ is not None:
                 n = 48000 // fps
                 t = (np.arange(samples, samples + n) / 48000.0).astype(np.float32)
-                af = av.AudioFrame.from_ndarray(
-                    (0.2 * np.sin(2 * np.pi * 440 * t))[None, :], format="fltp", layout="mono"
-                )
+                wave = (0.2 * np.sin(2 * np.pi * 440 * t))[None, :]
+                if audio.startswith("pcm_s16"):
+                    af = av.AudioFrame.from_ndarray(
+                        (wave * 32767).astype(np.int16), format="s16", layout="mono"
+                    )
+                else:
+                    af = av.AudioFrame.from_ndarray(wave, format="fltp", layout="mono")
                 af.sample_rate, af.pts = 48000, samples
                 samples += n
                 for p in as_.encode(af):
@@ -566,6 +571,122 @@ def test_other_containers_h264_with_audio_copied(tmp_path, container, suffix):
     assert len(frames_rgb(out)) == 20
 
 
+@pytest.mark.parametrize(
+    ("size", "codec", "pix_fmt", "fmt", "container"),
+    [
+        ((511, 383), "libx264", "yuv444p", "mp4", "mp4"),
+        ((853, 480), "libvpx-vp9", "yuv420p", "mp4", "mp4"),
+        ((17, 9), "libx264", "yuv444p", "matroska", "mkv"),
+        ((171, 97), "libvpx-vp9", "yuv420p", "webm", "webm"),
+    ],
+)
+def test_odd_sizes_and_any_chroma_layout_are_encoded(
+    tmp_path, size, codec, pix_fmt, fmt, container
+):
+    """x264 takes even sides only: an odd width or height gets its last column/row repeated
+    once (H.264 output one pixel bigger); VP9 (WebM) keeps the size. Frames are yuv420p."""
+    w, h = size
+    audio = "libopus" if fmt == "webm" else "aac"
+    src = make_clip(
+        tmp_path / f"in.{container}", frames=6, size=size, codec=codec, pix_fmt=pix_fmt,
+        fmt=fmt, audio=audio,
+    )  # fmt: skip
+    out = tmp_path / f"out.{container}"
+    res = sanitize(src, out, FakeDetector(), container)
+    assert res.frames == 6 and res.audio_kept
+    ow, oh = (w, h) if container == "webm" else (w + w % 2, h + h % 2)
+    with av.open(str(out)) as c:
+        vs = c.streams.video[0]
+        assert (vs.codec_context.width, vs.codec_context.height) == (ow, oh)
+        assert vs.codec_context.pix_fmt == "yuv420p"
+    outs = frames_rgb(out)
+    assert len(outs) == 6
+    if min(size) >= 64:  # the face is big enough to check its interior
+        m = upright_face_mask(h, w, 0)
+        assert all(a[:h, :w][m].max() <= 24 for a in outs)
+
+
+def test_pad_to_even_repeats_the_last_column_and_row():
+    from sanitizer.media.video.yuv import pad_to_even, plane
+
+    rgb = np.random.default_rng(0).integers(0, 256, (9, 17, 3), np.uint8)
+    frame = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format="yuv420p")
+    padded = pad_to_even(frame)
+    assert (padded.width, padded.height) == (18, 10)
+    y, y0 = plane(padded, 0, 18, 10), plane(frame, 0, 17, 9)
+    assert (y[:9, :17] == y0).all() and (y[:9, 17] == y0[:, 16]).all() and (y[9] == y[8]).all()
+    for i in (1, 2):
+        assert (plane(padded, i, 9, 5) == plane(frame, i, 9, 5)).all()
+    even = av.VideoFrame(16, 8, "yuv420p")
+    assert pad_to_even(even) is even
+
+
+@pytest.mark.parametrize(
+    ("fmt", "container", "suffix", "audio"),
+    [
+        ("mpegts", "mpegts", ".mts", "aac"),
+        ("mpegts", "mpegts", ".ts", "mp2"),
+        ("mxf", "mxf", ".mxf", "pcm_s16le"),
+    ],
+)
+def test_camera_containers_h264_with_audio_copied(tmp_path, fmt, container, suffix, audio):
+    """MPEG-TS (camcorder .mts/.ts) and MXF come out in the same container, H.264, every frame,
+    the audio packets copied."""
+    src = make_clip(tmp_path / f"in{suffix}", frames=20, audio=audio, fmt=fmt)
+    out = tmp_path / f"out{suffix}"
+    res = sanitize(src, out, FakeDetector(), container)
+    assert res.frames == 20 and res.audio_kept
+    with av.open(str(out)) as c:
+        assert c.format.name == fmt
+        assert c.streams.video[0].codec_context.name == "h264"
+        assert c.streams.audio[0].codec_context.name == audio
+        assert sum(1 for _ in c.decode(audio=0)) > 0
+    outs = frames_rgb(out)
+    assert len(outs) == 20
+    m = upright_face_mask(96, 160, 0)
+    assert all(a[m].max() <= 24 for a in outs)
+
+
+def extra_video_stream_clip(path: Path, *, cover: bool) -> Path:
+    """An MP4 of 10 frames with a second video stream: cover art (an attached picture) or a
+    second video track."""
+    with av.open(str(path), "w") as out:
+        vs = out.add_stream("libx264", rate=25)
+        vs.width, vs.height, vs.pix_fmt = 160, 96, "yuv420p"
+        if cover:
+            extra = out.add_stream("mjpeg")
+            extra.width, extra.height, extra.pix_fmt = 64, 48, "yuvj420p"
+            extra.disposition = av.stream.Disposition.attached_pic
+        else:
+            extra = out.add_stream("libx264", rate=25)
+            extra.width, extra.height, extra.pix_fmt = 64, 48, "yuv420p"
+        img = np.full((96, 160, 3), 200, np.uint8)
+        for i in range(10):
+            out.mux(vs.encode(av.VideoFrame.from_ndarray(img, format="rgb24")))
+            if not cover or i == 0:
+                out.mux(extra.encode(av.VideoFrame(64, 48, extra.pix_fmt)))
+        out.mux(vs.encode(None))
+        out.mux(extra.encode(None))
+    return path
+
+
+def test_two_video_tracks_fail_and_write_nothing(tmp_path):
+    src = extra_video_stream_clip(tmp_path / "in.mp4", cover=False)
+    out = tmp_path / "out.mp4"
+    with pytest.raises(DecodeError, match="2 video tracks: only single-track videos"):
+        sanitize(src, out, FakeDetector(), "mp4")
+    assert not out.exists()
+
+
+def test_cover_art_is_not_a_track_and_is_dropped(tmp_path):
+    src = extra_video_stream_clip(tmp_path / "in.mp4", cover=True)
+    out = tmp_path / "out.mp4"
+    res = sanitize(src, out, FakeDetector(), "mp4")
+    assert res.tracks == 1 and res.frames == 10
+    with av.open(str(out)) as c:
+        assert [s.type for s in c.streams] == ["video"]
+
+
 def test_missing_moov_fails_and_writes_nothing(tmp_path):
     src = make_clip(tmp_path / "in.mp4", frames=30)
     bad = tmp_path / "bad.mp4"
@@ -843,6 +964,53 @@ def test_stage_stuck_in_native_code_fails_the_file(tmp_path, monkeypatch):
         assert not out.exists()
     finally:
         gate.set()  # let the stuck thread see the stop and end
+
+
+def test_file_over_its_time_limit_fails_and_stops_every_stage(tmp_path):
+    import threading
+
+    src = make_clip(tmp_path / "in.mp4", frames=30)
+    out = tmp_path / "out.mp4"
+    before = {t.name for t in threading.enumerate()}
+    with pytest.raises(DecodeError, match=r"over input.file_timeout_s \(0.5 s\)") as info:
+        video.sanitize(
+            str(src), str(out), SlowDetector(), SOLID, VideoConfig(), "mp4", timeout_s=0.5
+        )
+    assert "nothing published" in str(info.value) and not info.value.stuck
+    assert not out.exists()
+    left = {t.name for t in threading.enumerate()} - before
+    assert not {n for n in left if n.startswith("sanitizer-")}, left  # threads unwound
+
+
+def test_time_limit_counts_from_the_given_start(tmp_path):
+    import time
+
+    src = make_clip(tmp_path / "in.mp4", frames=10)
+    out = tmp_path / "out.mp4"
+    with pytest.raises(DecodeError, match="over input.file_timeout_s"):
+        video.sanitize(
+            str(src), str(out), FakeDetector(), SOLID, VideoConfig(), "mp4",
+            timeout_s=5, started=time.monotonic() - 10,
+        )  # fmt: skip
+    assert not out.exists()
+    res = video.sanitize(
+        str(src), str(out), FakeDetector(), SOLID, VideoConfig(), "mp4", timeout_s=60
+    )
+    assert res.frames == 10
+
+
+def test_cli_video_over_file_timeout_fails_with_the_limit_named(tmp_path, cli):
+    import pandas as pd
+
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    src.mkdir()
+    make_clip(src / "clip.mp4", frames=12)
+    (tmp_path / "c.yaml").write_text("input:\n  file_timeout_s: 0.001\n")
+    proc = cli("run", str(src), str(dst), "--workers", "1", "--config", str(tmp_path / "c.yaml"))
+    assert proc.returncode == 1, proc.stderr
+    row = pd.read_parquet(dst / "_audit" / "files").set_index("key").loc["clip.mp4"]
+    assert row["status"] == "failed" and "over input.file_timeout_s (0.001 s)" in row["error"]
+    assert not (dst / "clip.mp4").exists()
 
 
 def test_run_goes_by_content_when_the_extension_lies(tmp_path, cli):

@@ -11,11 +11,14 @@
 Queues are bounded (stages.py), so memory does not grow with duration; frames without faces
 reach the encoder untouched.
 
-Output: same container, H.264 yuv420p (VP9 for WebM); every frame keeps its timestamp in the
+Output: same container, H.264 yuv420p (VP9 for WebM; frames of any other pixel format are
+converted to yuv420p when decoded, and H.264 frames with an odd width or height get the last
+column/row repeated once: x264 takes even sides only); every frame keeps its timestamp in the
 input's time base, so frame count, rate and duration match; the display rotation is written
 back as a display matrix; the first audio stream is copied packet for packet (re-encoded
 only if the container cannot hold its codec); subtitles, data, attachments, chapters and
-every container/stream metadata tag are dropped, and so is cover art.
+every container/stream metadata tag are dropped, and so is cover art. A file with several
+video tracks (cover art is not one) fails: only single-track videos are written.
 
 Fail closed: any error raises DecodeError/EncodeError and the caller publishes nothing.
 Packets the decoder rejects are counted in `dropped_packets` (together with frames the
@@ -29,6 +32,7 @@ import contextlib
 import os
 import queue
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -45,7 +49,7 @@ from sanitizer.media.video.geometry import rotation_turns
 from sanitizer.media.video.marking import RegionMarker
 from sanitizer.media.video.scan import Frame, ScanPlan, detection_pool, scan_loop
 from sanitizer.media.video.stages import END, Stage, get, put
-from sanitizer.media.video.yuv import SteadyMasks, redact_yuv420p
+from sanitizer.media.video.yuv import SteadyMasks, pad_to_even, redact_yuv420p
 from sanitizer.records import Detections
 from sanitizer.redact import RedactParams
 
@@ -66,14 +70,26 @@ class VideoOutcome:
     duration_ms: float = 0.0
     audio_kept: bool = False
     dropped_packets: int = 0
+    tracks: int = 0  # video tracks written (1: a file with several fails, see _run)
 
 
 # sniffed container -> FFmpeg muxer name
-MUXERS = {"mp4": "mp4", "mov": "mov", "mkv": "matroska", "webm": "webm", "avi": "avi"}
+MUXERS = {
+    "mp4": "mp4",
+    "mov": "mov",
+    "mkv": "matroska",
+    "webm": "webm",
+    "avi": "avi",
+    "mpegts": "mpegts",  # .ts/.mts/.m2ts camcorder video (written with 188-byte packets)
+    "mxf": "mxf",  # FFmpeg's MXF muxer takes x264's H.264 and PCM audio
+}
 # output extension -> container, when the caller did not say (the manifest's own table)
 EXTENSIONS = {ext: fmt for ext, (kind, fmt) in MANIFEST_EXTENSIONS.items() if kind == "video"}
 # audio encoder used when the container cannot hold the input's audio codec
 FALLBACK_AUDIO = {"webm": "libopus"}
+# video encoders that take 4:2:0 frames of any size; the others (x264) take even sides only,
+# and frames with an odd width or height are padded by one pixel (yuv.pad_to_even)
+ODD_SIDES_OK = frozenset({"libvpx-vp9"})
 
 
 def _muxer(container: str, out_path: str) -> tuple[str, str]:
@@ -118,8 +134,14 @@ def sanitize(
     vcfg,
     container: str = "",
     on_detections: OnDetections | None = None,
+    timeout_s: float = 0.0,
+    started: float | None = None,
 ) -> VideoOutcome:
     """Redact every face in every frame of the video at `src_path` into `out_path`.
+
+    `timeout_s` (config `input.file_timeout_s`; 0 = none): wall-clock seconds for the file,
+    counted from `started` (a time.monotonic() value; default: now). Over it, every stage is
+    stopped and the file fails (DecodeError "over input.file_timeout_s ...").
 
     `detector`: a VideoDetector (detector.py) or any detector `video_detector` adapts.
     `on_detections(frame, t_ms, detections, track_ids, detected)`: called once per finalised
@@ -127,13 +149,17 @@ def sanitize(
     out instead of holding a whole video's); without it they are collected into the
     outcome's `detections`."""
     kind, muxer = _muxer(container, out_path)
+    start = time.monotonic() if started is None else started
+    deadline = start + float(timeout_s) if timeout_s and timeout_s > 0 else 0.0
     try:
         inp = av.open(src_path, "r")
     except (av.error.FFmpegError, OSError, ValueError) as exc:
         raise DecodeError(f"cannot open video: {_reason(exc)}") from None
     try:
         vdet = video_detector(detector)
-        return _run(inp, out_path, kind, muxer, vdet, params, vcfg, on_detections)
+        return _run(
+            inp, out_path, kind, muxer, vdet, params, vcfg, on_detections, deadline, timeout_s
+        )
     except BaseException as exc:
         _remove(out_path)  # never leave a partial output behind
         if isinstance(exc, stages.Hung) and exc.stuck:
@@ -168,12 +194,18 @@ def _run(
     params: RedactParams,
     vcfg,
     on_detections: OnDetections | None,
+    deadline: float = 0.0,
+    timeout_s: float = 0.0,
 ) -> VideoOutcome:
     # cover art (an attached picture) is a video stream too: it is neither scanned nor kept
     still = av.stream.Disposition.attached_pic
     videos = [s for s in inp.streams.video if not s.disposition & still]
     if not videos:
         raise DecodeError("no video stream")
+    if len(videos) > 1:  # publishing the first alone would drop the others without a word
+        raise DecodeError(
+            f"{len(videos)} video tracks: only single-track videos are supported; nothing published"
+        )
     vin = videos[0]
     ain = inp.streams.audio[0] if inp.streams.audio else None
     vin.thread_type = "AUTO"
@@ -191,6 +223,7 @@ def _run(
     stats = {
         "dropped": 0,
         "frames": 0,
+        "frames_in": 0,  # frames decoded so far
         "turns": 0,
         "first_pts": None,
         "last_pts": None,
@@ -273,6 +306,7 @@ def _run(
         if fr.format.name != "yuv420p":
             fr = fr.reformat(format="yuv420p")
         put(q_dec, Frame(index, fr, pts, small), stop)
+        stats["frames_in"] = index + 1
         return index + 1, pts, size
 
     # ---- stage 3: redact + encode + mux ----------------------------------------------------
@@ -342,14 +376,16 @@ def _run(
             if codec == "libx264" and vcfg.redacted_qoffset
             else None
         )
+        pad = codec not in ODD_SIDES_OK
         while True:
             item = get(q_enc, stop)
             if item is not END and item[0] == "v":
                 boxes = item[2] if steady is None else steady(item[2], item[4])
-                if len(boxes):
-                    regions = redact_yuv420p(item[1], boxes, params)
-                    if marker is not None:
-                        item = (item[0], marker(item[1], regions), *item[2:])
+                regions = redact_yuv420p(item[1], boxes, params) if len(boxes) else []
+                if pad:
+                    item = (item[0], pad_to_even(item[1]), *item[2:])
+                if regions and marker is not None:
+                    item = (item[0], marker(item[1], regions), *item[2:])
             put(q_out, item, stop)
             if item is END:
                 break
@@ -382,6 +418,20 @@ def _run(
         out.close()
         out_state["out"] = None
 
+    # the file's wall-clock limit: a timer stops every stage (each sees `stop` within 0.1 s
+    # of its next wait) and the file fails below
+    expired = threading.Event()
+
+    def expire() -> None:
+        expired.set()
+        stop.set()
+
+    timer = None
+    if deadline:
+        timer = threading.Timer(max(0.0, deadline - time.monotonic()), expire)
+        timer.daemon = True
+        timer.start()
+
     dec = Stage("sanitizer-decode", decode, stop)
     red = Stage("sanitizer-redact", redact, stop)
     enc = Stage("sanitizer-encode", _wrap_encode(encode), stop)
@@ -405,11 +455,15 @@ def _run(
         stop.set()
         raise
     finally:
+        if timer is not None:
+            timer.cancel()
         if stop.is_set():
             stuck = [n for s in (dec, red, enc) for n in stages.join(s, stages.JOIN)]
             if out_state["out"] is not None and enc.name not in stuck:
                 with contextlib.suppress(av.error.FFmpegError):
                     out_state["out"].close()
+            if expired.is_set():
+                raise stages.timed_out(timeout_s, stats["frames_in"], stuck) from None
             if stuck:
                 raise stages.stalled(stuck) from None
     stuck = [n for s in (dec, red, enc) for n in stages.join(s, stages.STALL)]
@@ -427,6 +481,7 @@ def _run(
     if stats["frames"] == 0:
         raise DecodeError("no decodable video frame")
     outcome.frames = stats["frames"]
+    outcome.tracks = 1
     outcome.audio_kept = stats["audio_kept"]
     dur = (stats["last_pts"] - stats["first_pts"] + (stats["last_dur"] or 0)) * tb
     outcome.duration_ms = float(dur * 1000)

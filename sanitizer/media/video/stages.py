@@ -51,14 +51,24 @@ class Stage(threading.Thread):
 
 
 class Hung(DecodeError):
-    """A stage made no progress for `STALL` seconds; `stuck` names stage threads that did
-    not stop (still inside native code)."""
+    """The pipeline was stopped: a stage made no progress for `STALL` seconds, or the file
+    went over its wall-clock limit (`timed_out`); `stuck` names stage threads that did not
+    stop (still inside native code)."""
 
     stuck: list[str] = []  # noqa: RUF012 - replaced per instance, never mutated
 
 
 def stalled(stuck: list[str] | None = None) -> Hung:
     exc = Hung(f"video pipeline made no progress for {STALL:g} s (decoder or encoder hung)")
+    exc.stuck = stuck or []
+    return exc
+
+
+def timed_out(timeout_s: float, frames: int, stuck: list[str] | None = None) -> Hung:
+    exc = Hung(
+        f"over input.file_timeout_s ({timeout_s:g} s): stopped after {frames} frames; "
+        "nothing published"
+    )
     exc.stuck = stuck or []
     return exc
 

@@ -135,3 +135,28 @@ def _contains(outer: np.ndarray, inner: np.ndarray) -> bool:
 
 def _area(b: np.ndarray) -> float:
     return float(max(1e-6, (b[2] - b[0]) * (b[3] - b[1])))
+
+
+def pad_to_even(frame: av.VideoFrame) -> av.VideoFrame:
+    """A yuv420p frame with an odd width or height, one pixel wider/taller: the last column
+    and row repeated (H.264 codes 4:2:0 in whole chroma samples, so x264 takes even sides
+    only). The chroma planes already cover the extra pixel and are copied as they are. A frame
+    with even sides is returned as it is."""
+    w, h = frame.width, frame.height
+    ew, eh = w + w % 2, h + h % 2
+    if (ew, eh) == (w, h):
+        return frame
+    out = av.VideoFrame(ew, eh, "yuv420p")
+    y = plane(out, 0, ew, eh)
+    y[:h, :w] = plane(frame, 0, w, h)
+    y[:h, w:] = y[:h, w - 1 : w]
+    y[h:, :] = y[h - 1 : h, :]
+    cw, ch = (w + 1) // 2, (h + 1) // 2
+    for i in (1, 2):
+        plane(out, i, cw, ch)[:] = plane(frame, i, cw, ch)
+    out.pts = frame.pts
+    if frame.time_base is not None:
+        out.time_base = frame.time_base
+    out.color_range, out.colorspace = frame.color_range, frame.colorspace
+    out.color_primaries, out.color_trc = frame.color_primaries, frame.color_trc
+    return out
