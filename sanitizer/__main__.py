@@ -8,7 +8,7 @@ the command's script, and need neither typer nor rich.
 def main() -> None:
     from sanitizer import interrupts
 
-    interrupts.install()
+    interrupts.install()  # the one Ctrl-C handler, first: a press while importing is not lost
     try:
         from sanitizer.cli import main as cli_main
     except KeyboardInterrupt:  # Ctrl-C while the CLI is still being imported

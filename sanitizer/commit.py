@@ -173,7 +173,7 @@ def settle(dst: storage.Location, run_id: str, dead: bool = True) -> tuple[int, 
                 storage.remove(dst, staged_key)
                 deleted += 1
             continue
-        want = committed.get(key)
+        want = committed.get(storage.printable(key))  # the audit escapes keys that are not UTF-8
         if want and storage.sha256_key(dst, staged_key) == want:
             storage.promote(dst, staged_key, key)
             promoted += 1
@@ -187,9 +187,20 @@ def settle(dst: storage.Location, run_id: str, dead: bool = True) -> tuple[int, 
                 storage.remove(dst, part)
     for r in files.to_dict("records") if dead else []:  # removals its rows recorded
         if r["status"] == "failed" and REMOVED_NOTE in (r["error"] or ""):
-            storage.remove(dst, r["key"])
+            storage.remove(dst, _stored_key(r))
     storage.remove_tree(dst, prefix.rstrip("/"))
     return promoted, deleted
+
+
+def _stored_key(row: dict[str, Any]) -> str:
+    """The key of an audit row as storage names it: the row's `key` escapes bytes that are not
+    UTF-8, its `raw_key` (percent-encoded bytes) keeps them."""
+    if not row.get("raw_key"):
+        return row["key"]
+    from urllib.parse import unquote_to_bytes
+
+    raw = unquote_to_bytes(row["raw_key"])
+    return os.fsdecode(raw) if os.name == "posix" else raw.decode("utf-8", "surrogatepass")
 
 
 def _part_tag(part_key: str) -> str:

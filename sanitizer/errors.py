@@ -6,6 +6,7 @@
     │   └── LeaseHeld              another live run holds DST
     ├── DetectorError              model missing or unusable
     ├── ClusterError               cannot start or reach the Dask cluster
+    ├── RunError                   the run finished, but its results disagree (e.g. precisions)
     └── MediaError                 one file could not be handled (becomes an audit row)
         ├── DecodeError            unreadable, truncated or unsupported input
         └── EncodeError            output could not be produced
@@ -49,3 +50,12 @@ class EncodeError(MediaError):
 
 class LeaseHeld(StorageError):
     """Another run holds DST (one run per DST at a time)."""
+
+
+class RunError(SanitizerError):
+    """The run went to its end, but its results are not consistent (every row is written):
+    e.g. workers ran the detector at different precisions. `summary` is the run's summary."""
+
+    def __init__(self, message: str, summary=None) -> None:
+        super().__init__(message)
+        self.summary = summary

@@ -6,13 +6,10 @@ This is the only module that imports dask. `process` knows nothing about it.
 
 from __future__ import annotations
 
-import atexit
 import contextlib
+import gc
 import logging
 import math
-import os
-import signal
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -24,7 +21,7 @@ from distributed import WorkerPlugin
 from sanitizer.config import Config, from_dict
 from sanitizer.errors import ClusterError
 
-if TYPE_CHECKING:  # not imported at run time: `prestart` spawns before pyarrow is loaded
+if TYPE_CHECKING:
     from sanitizer.records import MediaItem
 
 ShardResult = list[tuple[dict[str, Any], list[dict[str, Any]]]]
@@ -130,17 +127,15 @@ class _WorkerSetup(WorkerPlugin):
     name = "sanitizer-worker-setup"
     idempotent = True
 
-    def __init__(self, detect: dict[str, Any], quick_exit: bool = False) -> None:
+    def __init__(self, detect: dict[str, Any], embedded: bool = False) -> None:
         self.detect = detect
-        self.quick_exit = quick_exit
+        self.embedded = embedded  # the worker process ends when the worker closes
 
     def setup(self, worker) -> None:
         self._thread = threading.Thread(
             target=self._warm_up, name="sanitizer-model-warm-up", daemon=True
         )
         self._thread.start()
-        if self.quick_exit:
-            atexit.register(_quick_exit)
 
     def teardown(self, worker) -> None:
         # a process that exits while this thread is inside onnxruntime or OpenCV's start-up dies
@@ -148,25 +143,17 @@ class _WorkerSetup(WorkerPlugin):
         thread = getattr(self, "_thread", None)
         if thread is not None:
             thread.join(60)
+        if self.embedded:
+            # The worker is closing and its process about to end: the interpreter's last garbage
+            # collection would walk every object of onnxruntime, OpenCV, PyAV and Dask (~0.1-0.2
+            # s the run waits for while it closes its cluster) and find nothing worth collecting.
+            gc.freeze()
 
     def _warm_up(self) -> None:
         try:
             _detector(self.detect)  # pins OpenCV's threads, then loads the model
         except Exception:  # noqa: BLE001 - a detector that cannot load fails the task instead
             _limit_threads(int(self.detect.get("threads", 1)))
-
-
-def _quick_exit() -> None:
-    """At the exit of an embedded worker process, once its other exit handlers have run: end it
-    without tearing the interpreter down (~0.1 s with Dask, onnxruntime, OpenCV and PyAV
-    loaded, which every run waited for while closing its cluster). The worker has closed by
-    then: its files are written and its results sent."""
-    atexit.unregister(_quick_exit)
-    atexit._run_exitfuncs()  # the others (registered before this one, so due after it)
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(Exception):
-            stream.flush()
-    os._exit(0)
 
 
 # ---------------------------------------------------------------- driver side
@@ -238,24 +225,6 @@ def _probe_scheduler(address: str, timeout: float) -> None:
         raise exc
 
 
-def ignore_sigint_while_spawning() -> Callable[[], None]:
-    """Ignore SIGINT until the returned function is called, so the worker processes an
-    embedded cluster spawns meanwhile inherit an ignored SIGINT: Ctrl-C then stops the driver
-    (which shuts the cluster down) instead of every worker printing a traceback. Only the
-    main thread can change signal handlers; elsewhere this does nothing."""
-    if threading.current_thread() is not threading.main_thread():
-        return lambda: None
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    restored = []
-
-    def restore() -> None:
-        if not restored:
-            restored.append(True)
-            signal.signal(signal.SIGINT, previous)
-
-    return restore
-
-
 # dask settings of the embedded cluster, in force whenever it spawns workers
 _LOCAL_CONFIG = {
     # The nanny's MALLOC_TRIM_THRESHOLD_ made OpenCV/onnxruntime ~1.5x slower (DESIGN.md).
@@ -265,36 +234,36 @@ _LOCAL_CONFIG = {
     # a task whose worker died twice is poisonous: fail it (it is then split per file)
     "distributed.scheduler.allowed-failures": 1,
 }
-WORKER_START_TIMEOUT = 120  # s for the first worker process of the embedded cluster to be up
-_SPAWN_TIMEOUT = 10  # s for a worker process to be created (not yet up)
 
 
-class LocalWorkers:
-    """The embedded LocalCluster, started without waiting for its workers.
+@contextlib.contextmanager
+def cluster(cfg: Config, workers: int) -> Iterator[tuple[Any, ClusterInfo]]:
+    """A Dask client for the run, closed (with the embedded cluster) on exit: the existing
+    scheduler `execution.scheduler` when set, else an embedded LocalCluster of `workers`
+    processes (no dashboard, silenced logs; each worker loads the detector once)."""
+    if cfg.execution.scheduler:
+        with _existing(cfg) as out:
+            yield out
+        return
+    import dask
+    from distributed import Client, LocalCluster
 
-    `LocalCluster(n_workers=n)` blocks until every worker process has imported its libraries
-    (~0.5 s each on two cores). Here the scheduler starts with no worker and `scale` returns as
-    soon as the new processes exist, so a run can start its first worker before it lists SRC
-    and let it load while the driver plans (`prestart`). SIGINT is ignored only while the
-    processes are being created, so they inherit an ignored SIGINT: Ctrl-C then stops the
-    driver (which shuts the cluster down) instead of every worker printing a traceback."""
+    from sanitizer import interrupts
 
-    def __init__(self, cfg: Config, workers: int = 1) -> None:
-        import dask
-        from distributed import LocalCluster
-
-        ex = cfg.execution
-        self.detect = cfg.to_dict()["detect"]
-        with dask.config.set(_LOCAL_CONFIG):
+    ex = cfg.execution
+    with contextlib.ExitStack() as stack:
+        # Ctrl-C is held while the worker processes are created: they inherit it blocked and
+        # never see one (the driver stops them); the driver honours it once the cluster is up.
+        with dask.config.set(_LOCAL_CONFIG), interrupts.held():
             try:
-                self.cluster = LocalCluster(
-                    n_workers=0,
+                local = LocalCluster(
+                    n_workers=workers,
                     threads_per_worker=ex.threads_per_worker,
                     processes=True,
                     dashboard_address=None,
                     silence_logs=logging.CRITICAL,  # the CLI is the only printer
-                    # no dashboard; the scheduler's HTTP endpoint (health, metrics) on a free loopback
-                    # port, not 8787: two jobs at once on one machine must not collide or warn
+                    # no dashboard; the scheduler's HTTP endpoint (health, metrics) on a free
+                    # loopback port, not 8787: two jobs on one machine must not collide or warn
                     scheduler_kwargs={"dashboard": False, "dashboard_address": "127.0.0.1:0"},
                     memory_limit=ex.memory_limit,
                     env={
@@ -303,135 +272,42 @@ class LocalWorkers:
                         "MKL_NUM_THREADS": "1",
                     },
                     # set up as each worker starts, before it registers: the model loads meanwhile
-                    plugins=(_WorkerSetup(self.detect, quick_exit=True),),
+                    plugins=(_WorkerSetup(cfg.to_dict()["detect"], embedded=True),),
                 )
-            except (OSError, RuntimeError, TimeoutError) as exc:
-                raise ClusterError(f"cannot start a local Dask cluster: {exc}") from None
-        # The in-process scheduler hooks a diagnosis into gc.callbacks; a Ctrl-C that landed
-        # while the main thread ran it was swallowed ("Exception ignored in ... _gc_callback")
-        # and the run went on. The diagnosis only logs, and dask's logs are silenced anyway.
+            except Exception as exc:  # noqa: BLE001 - a worker that cannot start, a port...
+                reason = " ".join(str(exc).split())[:300] or type(exc).__name__
+                raise ClusterError(f"cannot start a local Dask cluster: {reason}") from None
+            stack.callback(local.close)
+        # The in-process scheduler hooks a diagnosis into gc.callbacks, which only logs (dask's
+        # logs are silenced); a Ctrl-C landing while it ran would be swallowed.
         from distributed.gc import disable_gc_diagnosis
 
         disable_gc_diagnosis(force=True)
-        self.workers = 0
-        self._processes: list[Any] = []
-        try:
-            self.scale(workers)
-        except BaseException:
-            self.close()
-            raise
-
-    def scale(self, n: int) -> None:
-        """Grow (or shrink) to `n` worker processes; return once new ones are created (they
-        start meanwhile). While earlier workers are still starting, new ones are created only
-        after them (~0.3 s during which Ctrl-C would be ignored): grow once the first is up."""
-        import multiprocessing
-
-        import dask
-
-        n = max(1, n)
-        if n == self.workers:
-            return
-        if n < self.workers:  # no process is created: nothing to ignore Ctrl-C for
-            self.cluster.scale(n)
-            self.workers = n
-            return
-        before = set(multiprocessing.active_children())
-        restore = ignore_sigint_while_spawning()
-        try:
-            with dask.config.set(_LOCAL_CONFIG):  # read by the nanny when it spawns
-                self.cluster.scale(n)
-                deadline = time.monotonic() + _SPAWN_TIMEOUT
-                while time.monotonic() < deadline:
-                    new = [
-                        c
-                        for c in multiprocessing.active_children()
-                        if c not in before and "Dask Worker" in c.name
-                    ]
-                    if len(new) >= n - self.workers:
-                        self._processes += new
-                        break
-                    time.sleep(0.005)
-        finally:
-            restore()
-        self.workers = n
-
-    def connect(self) -> tuple[Any, ClusterInfo]:
-        """A client, once the first worker is up (a worker that cannot start is an error)."""
-        from distributed import Client
-
-        client = Client(self.cluster)  # no plugin to register: workers start with _WorkerSetup
-        try:
-            deadline = time.monotonic() + WORKER_START_TIMEOUT
-            while not client.scheduler_info().get("workers"):
-                if self._processes and all(p.exitcode is not None for p in self._processes):
-                    codes = ", ".join(str(p.exitcode) for p in self._processes)
-                    raise ClusterError(
-                        f"cannot start a local Dask cluster: worker processes exited ({codes})"
-                    )
-                if time.monotonic() > deadline:
-                    raise ClusterError(
-                        f"cannot start a local Dask cluster: no worker up after {WORKER_START_TIMEOUT} s"
-                    )
-                time.sleep(0.02)
-        except BaseException:
-            client.close()
-            raise
-        return client, ClusterInfo(self.cluster.scheduler_address, self.workers, True)
-
-    def close(self) -> None:
-        with contextlib.suppress(Exception):
-            self.cluster.close()
-
-
-def prestart(cfg: Config) -> LocalWorkers | None:
-    """Start the embedded cluster's first worker process now, before the run lists SRC: it
-    loads its libraries (~0.5 s) while the driver plans. Pass the result to `job.run` (which
-    adds the plan's other workers once this one is up) or `close()` it. None with an existing
-    scheduler."""
-    return None if cfg.execution.scheduler else LocalWorkers(cfg, 1)
+        client = stack.enter_context(Client(local))
+        yield client, ClusterInfo(local.scheduler_address, workers, True)
 
 
 @contextlib.contextmanager
-def client_for(cfg: Config, local: LocalWorkers | None) -> Iterator[tuple[Any, ClusterInfo]]:
-    """A Dask client: an existing scheduler when configured, else the embedded cluster `local`
-    (closed on exit)."""
-    ex = cfg.execution
-    if ex.scheduler:
-        from distributed import Client
+def _existing(cfg: Config) -> Iterator[tuple[Any, ClusterInfo]]:
+    from distributed import Client
 
-        try:
-            _probe_scheduler(ex.scheduler, SCHEDULER_TIMEOUT)
-            client = Client(ex.scheduler, timeout=SCHEDULER_TIMEOUT)
-        except (OSError, TimeoutError, ValueError) as exc:  # ValueError: a malformed address
-            reason = " ".join(str(exc).split())[:300] or type(exc).__name__
-            raise ClusterError(f"cannot reach Dask scheduler {ex.scheduler}: {reason}") from None
-        try:
-            client.register_plugin(_WorkerSetup(cfg.to_dict()["detect"]))
-            n = len(client.scheduler_info().get("workers", {}))
-            if n == 0:
-                with contextlib.suppress(TimeoutError, OSError):
-                    client.wait_for_workers(1, timeout=30)
-                n = len(client.scheduler_info().get("workers", {}))
-            if n == 0:
-                raise ClusterError(f"Dask scheduler {ex.scheduler} has no workers")
-            yield client, ClusterInfo(ex.scheduler, n, False)
-        finally:
-            client.close()
-        return
-
-    if local is None:
-        raise ValueError(
-            "client_for needs the embedded cluster (LocalWorkers) when no scheduler is set"
-        )
+    address = cfg.execution.scheduler
     try:
-        client, info = local.connect()
-        try:
-            yield client, info
-        finally:
-            client.close()
-    finally:
-        local.close()
+        _probe_scheduler(address, SCHEDULER_TIMEOUT)
+        client = Client(address, timeout=SCHEDULER_TIMEOUT)
+    except (OSError, TimeoutError, ValueError) as exc:  # ValueError: a malformed address
+        reason = " ".join(str(exc).split())[:300] or type(exc).__name__
+        raise ClusterError(f"cannot reach Dask scheduler {address}: {reason}") from None
+    with client:
+        client.register_plugin(_WorkerSetup(cfg.to_dict()["detect"]))
+        n = len(client.scheduler_info().get("workers", {}))
+        if n == 0:
+            with contextlib.suppress(TimeoutError, OSError):
+                client.wait_for_workers(1, timeout=30)
+            n = len(client.scheduler_info().get("workers", {}))
+        if n == 0:
+            raise ClusterError(f"Dask scheduler {address} has no workers")
+        yield client, ClusterInfo(address, n, False)
 
 
 def stop_remote_tasks(client: Any, run_id: str, timeout: float = 30.0) -> None:
@@ -474,6 +350,8 @@ def map_shards(
     single-file task that still fails comes back with results None and a reason."""
     from distributed import as_completed
 
+    from sanitizer import storage
+
     cfg_dict = cfg.to_dict()
     futures: dict[Any, list[MediaItem]] = {}
     counter = 0
@@ -481,7 +359,9 @@ def map_shards(
     def submit(items: list[MediaItem], retries: int):
         nonlocal counter
         counter += 1
-        prev = {i.key: previous[i.key] for i in items if previous and i.key in previous}
+        # `previous` is keyed as the audit holds keys: printable (a name that is not UTF-8 escaped)
+        keys = [storage.printable(i.key) for i in items]
+        prev = {k: previous[k] for k in keys if previous and k in previous}
         stat = {k: previous_stat[k] for k in prev if previous_stat and k in previous_stat}
         fut = client.submit(
             process_shard,

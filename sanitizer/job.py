@@ -7,13 +7,11 @@ summary; the CLI decides what to print and which exit code to use.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
 import socket
 import time
 import uuid
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -21,7 +19,7 @@ from typing import Any
 from sanitizer import __version__, audit, erase, manifest, storage
 from sanitizer import record as record_of_processing
 from sanitizer.config import Config
-from sanitizer.errors import StorageError
+from sanitizer.errors import RunError, StorageError
 from sanitizer.records import MediaItem, RunRecord
 
 Event = Callable[..., None]
@@ -40,9 +38,11 @@ class Plan:
     shards: list[list[MediaItem]]
     workers: int
     scheduler: str
-    previous: dict[str, str] = field(default_factory=dict)  # key -> source sha256 already published
+    previous: dict[str, str] = field(
+        default_factory=dict
+    )  # printable key -> source sha256 published
     erased: dict[str, str] = field(default_factory=dict)  # key -> skip reason (erase.py)
-    previous_stat: dict[str, str] = field(default_factory=dict)  # key -> its recorded source_stat
+    previous_stat: dict[str, str] = field(default_factory=dict)  # printable key -> source_stat
 
     def counts(self) -> dict[str, int]:
         out = {"image": 0, "video": 0, "other": 0}
@@ -64,6 +64,7 @@ class Summary:
     n_faces: int = 0
     seconds: float = 0.0
     failures: list[tuple[str, str]] = field(default_factory=list)  # (key, reason)
+    precisions: set[str] = field(default_factory=set)  # what the detector ran at (ok rows)
 
     @property
     def files_per_s(self) -> float:
@@ -169,74 +170,24 @@ def published_with_stat(
     return sha, dict(zip(with_stat.key, with_stat.source_stat, strict=True))
 
 
-def run(p: Plan, cfg: Config, on_event: Event = _noop, local=None) -> Summary:
+def run(p: Plan, cfg: Config, on_event: Event = _noop) -> Summary:
     """Process a plan under the DST's lease (README "Commit protocol"): the run row is written
     at start (`running`), audit parts as shards finish (each shard's outputs promoted after its
-    rows), the run row again at the end.
-    `local`: the embedded cluster from `execute.prestart`, if one was started (closed here)."""
-    from sanitizer.execute import LocalWorkers, client_for
-
-    started = time.time()
-    if local is not None and (not p.shards or cfg.execution.scheduler):
-        local.close()  # nothing will run on it
-        local = None
-    stack = contextlib.ExitStack()
-    with stack:
-        if p.shards and not cfg.execution.scheduler:
-            local = local or LocalWorkers(cfg, p.workers)
-            stack.callback(local.close)  # client_for closes it too; this covers errors before
-            local.scale(min(p.workers, local.workers))  # retire workers the plan has no task for
-        if p.shards and cfg.detect.detector == "centerface" and cfg.detect.precision == "int8":
-            from sanitizer.detect.centerface import int8_ready
-
-            if not int8_ready():
-                # first run on this machine: derive the int8 network here, before any task
-                # starts, so workers read it from the cache instead of waiting for it
-                from sanitizer.detect import describe
-
-                on_event("model_prepare")
-                describe(cfg.detect)  # derives and caches the network (no inference session)
-        # The client connects in the background while the driver prepares (model check,
-        # manifest, skipped rows); the workers are already starting.
-        starter = ThreadPoolExecutor(1, thread_name_prefix="sanitizer-cluster")
-        cluster = starter.submit(stack.enter_context, client_for(cfg, local)) if p.shards else None
-        starter.shutdown(wait=False)
-
-        def close_cluster() -> None:
-            if cluster is not None:
-                with contextlib.suppress(BaseException):
-                    cluster.result()  # wait for a connection still under way before closing it
-            stack.close()
-
-        def connected():
-            client, info = cluster.result()
-            if local is not None and p.workers > local.workers:
-                # more workers, now that the first one is up: spawning them is then quick, and
-                # Ctrl-C is ignored only for that moment (see LocalWorkers.scale)
-                local.scale(p.workers)
-                info = dataclasses.replace(info, workers=local.workers)
-            return client, info
-
-        try:
-            return _run(p, cfg, on_event, started, cluster, connected, close_cluster)
-        finally:
-            close_cluster()
-
-
-def _run(
-    p: Plan,
-    cfg: Config,
-    on_event: Event,
-    started: float,
-    cluster,
-    connected: Callable[[], Any],
-    close_cluster: Callable[[], None],
-) -> Summary:
+    rows), the run row again at the end. Ctrl-C (KeyboardInterrupt) is caught here once: the
+    run stops, what is committed stays, the rest is settled, the row says `interrupted`."""
     from sanitizer.commit import Lease, mark_running, recover, settle
     from sanitizer.detect import describe
 
+    started = time.time()
+    if p.shards and cfg.detect.detector == "centerface" and cfg.detect.precision == "int8":
+        from sanitizer.detect.centerface import int8_ready
+
+        if not int8_ready():
+            # first run on this machine: derive the int8 network here, before any task
+            # starts, so workers read it from the cache instead of waiting for it
+            on_event("model_prepare")
     # fail before any work if the model is missing; the workers load it (the driver runs none)
-    detector = describe(cfg.detect)
+    detector = describe(cfg.detect)  # (derives and caches the int8 network if needed)
     storage.makedirs(p.dst)
     lease = Lease(p.dst, p.run_id)
     lease.acquire()  # LeaseHeld: another live run holds DST (nothing written)
@@ -249,11 +200,12 @@ def _run(
         _write_run(p, cfg, detector, summary, started, "running")
         completed = False
         try:
-            out = _run_held(
-                p, cfg, on_event, started, cluster, connected, close_cluster, detector, summary
-            )
+            _run_held(p, cfg, on_event, started, detector, summary)
             completed = True
-            return out
+            return summary
+        except RunError:
+            completed = True  # every row and output is committed; only their mix is wrong
+            raise
         finally:
             with contextlib.suppress(StorageError):  # the original error is the one to report
                 # staged outputs whose rows are committed are promoted, the rest deleted
@@ -263,16 +215,9 @@ def _run(
 
 
 def _run_held(
-    p: Plan,
-    cfg: Config,
-    on_event: Event,
-    started: float,
-    cluster,
-    connected: Callable[[], Any],
-    close_cluster: Callable[[], None],
-    detector,
-    summary: Summary,
-) -> Summary:
+    p: Plan, cfg: Config, on_event: Event, started: float, detector, summary: Summary
+) -> None:
+    from sanitizer import execute, interrupts
     from sanitizer.commit import promote_detection_parts, publish
     from sanitizer.process import Context, failure, process_item
 
@@ -291,14 +236,14 @@ def _run_held(
             if r["status"] == "ok":
                 summary.n_ok += 1
                 summary.n_faces += r["n_faces"]
+                if r.get("precision"):
+                    summary.precisions.add(r["precision"])
             elif r["status"] == "failed":
                 summary.n_failed += 1
                 summary.failures.append((r["key"], r["error"]))
             else:
                 summary.n_skipped += 1
                 summary.n_unchanged += r["error"].startswith("unchanged")
-
-    from sanitizer.execute import map_shards
 
     # non-media files: skipped rows, written by the driver (nothing to compute)
     ctx = Context.create(p.run_id, cfg, detector, p.src, p.dst)
@@ -320,22 +265,33 @@ def _run_held(
         record(results, f"{p.run_id}-{parts:06d}")
         done += len(items)
         on_event("progress", done=done, total=total, results=[r for r, _ in results])
+        interrupts.check()  # a Ctrl-C that could not be raised where it landed
 
     try:
-        if cluster is not None:
-            client, info = connected()
-            on_event("cluster", address=info.address, workers=info.workers, embedded=info.embedded)
-            map_shards(
-                client,
-                p.shards,
-                p.run_id,
-                cfg,
-                p.src.url,
-                p.dst.url,
-                on_shard,
-                p.previous,
-                p.previous_stat,
-            )
+        if p.shards:
+            # the cluster (and its client) is closed when this block ends, whatever ends it:
+            # no task may stage after the run's staging area is settled
+            with execute.cluster(cfg, p.workers) as (client, info):
+                on_event(
+                    "cluster", address=info.address, workers=info.workers, embedded=info.embedded
+                )
+                try:
+                    execute.map_shards(
+                        client,
+                        p.shards,
+                        p.run_id,
+                        cfg,
+                        p.src.url,
+                        p.dst.url,
+                        on_shard,
+                        p.previous,
+                        p.previous_stat,
+                    )
+                except BaseException:
+                    if not info.embedded:  # an existing cluster outlives the run: stop its tasks
+                        execute.stop_remote_tasks(client, p.run_id)
+                    raise
+        check_precisions(summary)
     except KeyboardInterrupt:
         status = "interrupted"
         raise
@@ -343,24 +299,26 @@ def _run_held(
         status = "error"
         raise
     finally:
-        if status != "complete":
-            if (
-                cfg.execution.scheduler
-                and cluster is not None
-                and cluster.done()
-                and not cluster.exception()
-            ):
-                from sanitizer.execute import stop_remote_tasks
-
-                stop_remote_tasks(cluster.result()[0], p.run_id)  # an existing cluster outlives us
-            close_cluster()  # no task may stage after the run's staging area is settled
         summary.seconds = time.time() - started
         try:
             _write_run(p, cfg, detector, summary, started, status)
         except StorageError:
             if status == "complete":
                 raise  # otherwise the original error is the one to report
-    return summary
+
+
+def check_precisions(summary: Summary) -> None:
+    """Every ok file of a run must have been scanned at one precision: workers whose machines
+    differ (one runs the int8 network, another falls back to fp32) would make one run's
+    recall uneven across its files. RunError (one line) otherwise; the rows say which file
+    ran at which precision (`precision`)."""
+    if len(summary.precisions) > 1:
+        raise RunError(
+            "workers ran the detector at different precisions: "
+            + ", ".join(sorted(summary.precisions))
+            + " (see the `precision` column of the audit's files rows)",
+            summary,
+        )
 
 
 def _write_run(p: Plan, cfg: Config, detector, s: Summary, started: float, status: str) -> None:

@@ -99,8 +99,7 @@ def _check_may_publish(ctx: Context) -> None:
 
 
 def _skip_if_unchanged(item: MediaItem, ctx: Context, digest: str) -> None:
-    # the audit holds keys as printable text (a name that is not UTF-8 is escaped there)
-    known = ctx.previous.get(item.key) or ctx.previous.get(storage.printable(item.key))
+    known = ctx.previous.get(storage.printable(item.key))
     if known == digest and storage.exists(ctx.dst, item.key):
         raise _Unchanged
 
@@ -110,10 +109,11 @@ def _skip_if_same_stat(item: MediaItem, ctx: Context, res: FileResult) -> None:
     with its published output is unchanged, without being read and hashed again (unless
     execution.verify_hashes)."""
     res.source_stat = storage.stat_token(ctx.src, item.key)
-    if ctx.cfg.execution.verify_hashes or item.key not in ctx.previous:
+    key = storage.printable(item.key)  # `previous` is keyed as the audit holds keys
+    if ctx.cfg.execution.verify_hashes or key not in ctx.previous:
         return
-    if res.source_stat and ctx.previous_stat.get(item.key) == res.source_stat:
-        res.source_sha256 = ctx.previous[item.key]
+    if res.source_stat and ctx.previous_stat.get(key) == res.source_stat:
+        res.source_sha256 = ctx.previous[key]
         if storage.exists(ctx.dst, item.key):
             raise _Unchanged
 

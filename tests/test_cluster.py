@@ -180,26 +180,3 @@ def test_interrupted_run_leaves_no_output_without_a_row(
     published = sorted(p.name for p in dst.glob("*.jpg"))
     assert published == sorted(rows[rows.status == "ok"].key), "every published output has its row"
     assert len(published) < 240
-
-
-def test_embedded_worker_quick_exit_runs_the_other_exit_handlers_first(tmp_path: Path) -> None:
-    """Embedded workers skip the interpreter's teardown (~0.1 s) but not its exit handlers."""
-    import subprocess
-
-    flag = tmp_path / "ran"
-    code = (
-        "import atexit, pathlib\n"
-        f"atexit.register(lambda: pathlib.Path({str(flag)!r}).write_text('yes'))\n"
-        "from sanitizer import execute\n"
-        "atexit.register(execute._quick_exit)\n"
-        "print('bye', end='')\n"
-    )
-    r = subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=Path(__file__).resolve().parents[1],
-    )
-    assert r.returncode == 0 and r.stdout == "bye", r.stderr
-    assert flag.read_text() == "yes"
