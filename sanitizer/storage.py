@@ -160,7 +160,7 @@ def safe_key(key: str) -> str:
 # Top-level names of DST that belong to sanitizer (the audit, its staging area, leases): a SRC
 # key whose first component starts with one of them (in any letter case) is refused, so that
 # no source file can land in or next to DST's audit.
-RESERVED_PREFIXES = ("_audit", "_sanitizer")
+RESERVED_PREFIXES = ("_audit", "_staging", "_sanitizer")
 NAME_MAX = 255  # bytes of one name component (ext4, XFS, APFS, NTFS; S3 keys: 1024 in all)
 
 
@@ -192,8 +192,8 @@ def refused(key: str) -> str:
     first = key.split("/", 1)[0].lower()
     if first.startswith(RESERVED_PREFIXES):
         return (
-            "refused: reserved name (top-level names starting with _audit or _sanitizer "
-            "belong to sanitizer's audit in DST)"
+            "refused: reserved name (top-level names starting with _audit, _staging or "
+            "_sanitizer belong to sanitizer's audit and staging area in DST)"
         )
     try:
         too_long = any(len(os.fsencode(p)) > NAME_MAX for p in key.split("/"))
@@ -216,27 +216,12 @@ def is_inside(inner: Location, outer: Location) -> bool:
 
 def walk(loc: Location, include_hidden: bool = False) -> Iterator[tuple[str, int]]:
     """Yield (key, size) of every file under the root, sorted by key."""
-    fs = loc.fs
-    try:
-        fs.invalidate_cache()  # a cached filesystem instance must not answer from an old listing
-        if not fs.exists(loc.root):
-            raise StorageError(f"{loc.url}: no such file or folder")
-        if fs.isfile(loc.root):
-            raise StorageError(f"{loc.url}: is a file; give the folder that holds it")
-        found = fs.find(loc.root, detail=True, withdirs=False)
-    except StorageError:
-        raise
-    except _io_errors() as exc:
-        raise StorageError(f"{loc.url}: cannot list ({_why(exc)})") from None
-    prefix = loc.root.rstrip("/") + "/"
-    for path in sorted(found):
-        info = found[path]
-        if info.get("type", "file") != "file":
+    for key, size, kind in _listing(loc):
+        if kind != "file":
             continue
-        key = path[len(prefix) :] if path.startswith(prefix) else posixpath.basename(path)
-        if not key or (not include_hidden and any(p.startswith(".") for p in key.split("/"))):
+        if not include_hidden and any(p.startswith(".") for p in key.split("/")):
             continue
-        yield key, int(info.get("size") or 0)
+        yield key, size
 
 
 @dataclass(frozen=True)
@@ -324,10 +309,10 @@ def _local_entries(root: str, rel: str, include_hidden: bool, in_hidden: bool) -
 
 
 def _listing(loc: Location) -> list[tuple[str, int, str]]:
-    """(key, size, type) of every object under a non-local root."""
+    """(key, size, type) of every object under the root, through fsspec, sorted by key."""
     fs = loc.fs
     try:
-        fs.invalidate_cache()
+        fs.invalidate_cache()  # a cached filesystem instance must not answer from an old listing
         if not fs.exists(loc.root):
             raise StorageError(f"{loc.url}: no such file or folder")
         if fs.isfile(loc.root):

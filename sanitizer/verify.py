@@ -226,7 +226,7 @@ def verify(
         audit_uri=audit.audit_uri(loc),
         fail_score=fail_score,
     )
-    keys = [k for k, _ in storage.walk(loc) if not k.startswith(audit.AUDIT_DIR + "/")]
+    keys = [k for k, _ in storage.walk(loc) if not storage.is_reserved(k)]  # not _audit/, _staging/
     t0 = time.perf_counter()
     base = dict(run_id=report.verify_id, threshold=thr)
     for n, key in enumerate(keys):

@@ -233,6 +233,7 @@ def corpus() -> list[Case]:
         Case(b"_audit/files/x.parquet", write(jpg), "failed", "reserved name"),
         Case(b"_audit_staging/x.jpg", write(jpg), "failed", "reserved name"),
         Case(b"_sanitizer.lease", write(jpg), "failed", "reserved name"),
+        Case(b"_staging/lease.json", write(jpg), "failed", "reserved name"),
         Case(b"_AUDIT/runs/y.jpg", write(jpg), "failed", "reserved name"),
         # entries that are not regular files, hidden and empty files: recorded as skipped
         Case(b"links/to-file.jpg", link("../names/UPPER.JPG"), "skipped", "symbolic link"),

@@ -93,3 +93,14 @@ def test_default_yaml_matches_defaults():
 
     path = Path(__file__).resolve().parents[1] / "configs" / "default.yaml"
     assert config.load(path) == config.Config()
+
+
+def test_no_src_key_can_take_a_reserved_dst_name() -> None:
+    """Every top-level DST name sanitizer writes (audit, staging area, lease) is refused as a
+    SRC key, so no source file can be published into it."""
+    from sanitizer import storage
+
+    for name in storage.RESERVED:
+        assert storage.refused(f"{name}/x.jpg").startswith("refused: reserved name")
+        assert storage.refused(f"{name.upper()}/x.jpg").startswith("refused: reserved name")
+    assert storage.refused("_staging/lease.json").startswith("refused: reserved name")
