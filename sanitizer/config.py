@@ -119,6 +119,10 @@ class RedactConfig:
     color: tuple[int, int, int] = (0, 0, 0)  # solid fill colour, RGB
 
 
+# environment of a worker process: the cores it has to itself (video.detect_threads: 0)
+WORKER_CORES_ENV = "SANITIZER_WORKER_CORES"
+
+
 @dataclass(slots=True)
 class VideoConfig:
     codec: str = "libx264"  # H.264 for mp4/mov/mkv/avi; WebM uses libvpx-vp9
@@ -141,10 +145,15 @@ class VideoConfig:
     track_keep: int = 8  # frames a track stays covered after its last detection
     track_lead: int = 4  # frames a track is covered before its first detection (look-ahead)
     track_iou: float = 0.2  # association threshold between a track and a new detection
-    threads: int = 0  # codec threads; 0 = let FFmpeg decide
-    # Detection threads per file (onnxruntime releases the GIL). 2 was slower than 1 in every
-    # A/B run on the (loaded) benchmark machine, so 1 is the default (BENCHMARKS.md, Video).
-    detect_threads: int = 1
+    # codec threads, for decoding and for encoding (0 = FFmpeg decides: at 4K that cost ~100 MB
+    # more per worker than 2, at the same speed on 2 cores; BENCHMARKS.md, Video)
+    threads: int = 2
+    # Detection threads per file (onnxruntime releases the GIL), at most 2 (scan.CROP_LAG);
+    # 0 = the cores the worker has to itself: the embedded cluster starts fewer workers than
+    # cores when a run has fewer shards (one video: both cores on it, 1.34x faster at 1080p);
+    # on an existing cluster, the SANITIZER_WORKER_CORES environment of its workers (else 1).
+    # The output does not depend on it.
+    detect_threads: int = 0
     vp9_crf: int = 32  # WebM outputs (VP9): quality, 0-63, lower = better and bigger
     vp9_speed: int = 8  # WebM outputs (VP9): libvpx cpu-used in realtime mode, 0-8, higher = faster
     # H.264: quantizer offset inside redacted regions, as a fraction of x264's QP range (0.2 =
@@ -234,6 +243,7 @@ class Config:
         relevant = {k: d[k] for k in ("detect", "redact", "video", "output")}
         relevant["detect"].pop("threads", None)
         relevant["video"].pop("threads", None)
+        relevant["video"].pop("detect_threads", None)  # the output does not depend on it
         relevant["output"].pop("storage_options", None)
         relevant["output"].pop("keep_last_good", None)  # which outputs stay, not their pixels
         blob = json.dumps(relevant, sort_keys=True, default=list).encode()

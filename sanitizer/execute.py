@@ -10,6 +10,7 @@ import contextlib
 import gc
 import logging
 import math
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -18,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from distributed import WorkerPlugin
 
-from sanitizer.config import Config, from_dict
+from sanitizer.config import WORKER_CORES_ENV, Config, from_dict
 from sanitizer.errors import ClusterError
 
 if TYPE_CHECKING:
@@ -267,6 +268,9 @@ def cluster(cfg: Config, workers: int) -> Iterator[tuple[Any, ClusterInfo]]:
                     scheduler_kwargs={"dashboard": False, "dashboard_address": "127.0.0.1:0"},
                     memory_limit=ex.memory_limit,
                     env={
+                        # a worker with more than one core (a run of fewer shards than cores)
+                        # scans a video on that many threads (video.detect_threads: 0)
+                        WORKER_CORES_ENV: str(max(1, (os.cpu_count() or 1) // max(1, workers))),
                         "OMP_NUM_THREADS": "1",
                         "OPENBLAS_NUM_THREADS": "1",
                         "MKL_NUM_THREADS": "1",

@@ -353,7 +353,9 @@ def test_ctrl_c_while_starting_up(tmp_path, after_s):
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
     assert "Traceback" not in errs and "Exception ignored" not in errs, errs
-    assert proc.returncode == 130, errs
+    # 130, or killed by the signal itself when it landed before the interpreter had started
+    # (a loaded machine): what a shell reports as 130 too, and nothing can have been written
+    assert proc.returncode == 130 or (proc.returncode == -signal.SIGINT and not errs), errs
 
 
 def test_a_ctrl_c_swallowed_where_it_landed_is_raised_at_the_next_step(monkeypatch):

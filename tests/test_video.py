@@ -398,10 +398,46 @@ def test_small_face_found_by_its_band_is_covered_back_to_the_previous_look(tmp_p
     covered = square_covered(frames_rgb(tmp_path / "out.mp4"), square)
     assert all(covered[5:]), [i for i, c in enumerate(covered) if not c]
     detected = [d[0] for d in res.detections if d[4].any()]
-    # found by its band's look at frame 7, then by a native track crop on every frame
-    assert detected == list(range(7, 40))
-    assert det.shapes[18][1] == det.shapes[18][0] >= 14 + 2 * 16  # the crop around the face
+    # found by its band's look at frame 7, then by a native track crop on every frame from
+    # frame 9 (crops follow the tracker as of CROP_LAG = 2 frames back; frame 8 is covered by
+    # the track)
+    assert detected == [7, *range(9, 40)]
+    assert det.shapes[20][1] == det.shapes[20][0] >= 14 + 2 * 16  # the crop around the face
     assert res.detections[0][0] <= 5  # covered from before its first detection (frame 7)
+
+
+def test_output_does_not_depend_on_detection_threads(tmp_path):
+    """Track crops follow the tracker as of CROP_LAG frames back on any number of threads:
+    the same looks, the same boxes, the same pixels with 1 or 2 detection threads."""
+    src = make_clip(tmp_path / "in.mp4", frames=24, size=(640, 360), audio=None)
+    runs = []
+    for n in (1, 2):
+        det = FakeRawDetector()
+        out = tmp_path / f"out{n}.mp4"
+        res = sanitize(src, out, det, "mp4", native_pixels=60_000, scan_side=320, detect_threads=n)
+        boxes = [(i, np.round(d.boxes, 2).tolist()) for i, _, d, *_ in res.detections]
+        runs.append((sorted(det.shapes), boxes, [f.tobytes() for f in frames_rgb(out)]))
+    assert runs[0][0] == runs[1][0]  # the same looks (crops included)
+    assert runs[0][1] == runs[1][1]
+    assert runs[0][2] == runs[1][2]
+
+
+def test_detect_threads_auto_follows_the_worker_cores(monkeypatch):
+    from sanitizer.config import WORKER_CORES_ENV
+    from sanitizer.media.video.detector import CenterFaceLooks, WholeImageLooks
+    from sanitizer.media.video.pipeline import detect_threads
+
+    raw, other = CenterFaceLooks(FakeRawDetector()), WholeImageLooks(FakeDetector())
+    monkeypatch.delenv(WORKER_CORES_ENV, raising=False)
+    assert detect_threads(VideoConfig(detect_threads=0), raw) == 1
+    monkeypatch.setenv(WORKER_CORES_ENV, "2")
+    assert detect_threads(VideoConfig(detect_threads=0), raw) == 2
+    monkeypatch.setenv(WORKER_CORES_ENV, "16")
+    assert detect_threads(VideoConfig(detect_threads=0), raw) == 2  # at most CROP_LAG
+    assert detect_threads(VideoConfig(detect_threads=1), raw) == 1
+    assert detect_threads(VideoConfig(detect_threads=0), other) == 1  # not known thread-safe
+    assert detect_threads(VideoConfig(detect_threads=0), raw, 3840 * 2160) == 1  # memory
+    assert detect_threads(VideoConfig(detect_threads=2), raw, 3840 * 2160) == 2
 
 
 def test_parallel_detection_threads_keep_frame_order(tmp_path):

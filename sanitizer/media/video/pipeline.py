@@ -40,6 +40,7 @@ from fractions import Fraction
 import av
 import numpy as np
 
+from sanitizer.config import WORKER_CORES_ENV
 from sanitizer.errors import DecodeError, EncodeError, MediaError
 from sanitizer.manifest import EXTENSIONS as MANIFEST_EXTENSIONS
 from sanitizer.media.tracking import FrameBoxes
@@ -47,7 +48,13 @@ from sanitizer.media.video import stages
 from sanitizer.media.video.detector import video_detector
 from sanitizer.media.video.geometry import rotation_turns
 from sanitizer.media.video.marking import RegionMarker
-from sanitizer.media.video.scan import Frame, ScanPlan, detection_pool, scan_loop
+from sanitizer.media.video.scan import (
+    MAX_DETECT_THREADS,
+    Frame,
+    ScanPlan,
+    detection_pool,
+    scan_loop,
+)
 from sanitizer.media.video.stages import END, Stage, get, put
 from sanitizer.media.video.yuv import SteadyMasks, pad_to_even, redact_yuv420p
 from sanitizer.records import Detections
@@ -445,10 +452,19 @@ def _run(
         else:
             outcome.detections.append((index, t_ms, fb.detections(), fb.track_ids, fb.detected))
 
-    # only detectors known to keep one session per thread scan frames in parallel
-    width = max(1, int(vcfg.detect_threads)) if vdet.parallel_safe else 1
     try:
-        scan_loop(q_dec, q_enc, stop, vdet, vcfg, stats, detection_pool(width), width, emit)
+        scan_loop(
+            q_dec,
+            q_enc,
+            stop,
+            vdet,
+            vcfg,
+            stats,
+            detection_pool(
+                detect_threads(vcfg, vdet, vin.codec_context.width * vin.codec_context.height)
+            ),
+            emit,
+        )
     except stages.Abort:
         pass
     except BaseException:
@@ -488,6 +504,25 @@ def _run(
     outcome.fps = float(rate) if rate else (outcome.frames / float(dur) if dur else 0.0)
     outcome.dropped_packets = stats["dropped"] + max(0, declared - stats["frames"])
     return outcome
+
+
+def detect_threads(vcfg, vdet, pixels: int = 0) -> int:
+    """Detection threads for one file: `video.detect_threads`, or (0) the cores this worker has
+    to itself ($SANITIZER_WORKER_CORES, which the embedded cluster sets; 1 when unset), but 1
+    for frames above 1080p (a second session and the frames it keeps in flight took a 4K
+    worker past 1.5 GB for 1.17x); at most MAX_DETECT_THREADS. Only detectors known to keep one
+    session per thread get more than 1."""
+    if not vdet.parallel_safe:
+        return 1
+    n = int(vcfg.detect_threads)
+    if n <= 0:
+        try:
+            n = int(os.environ.get(WORKER_CORES_ENV, "1"))
+        except ValueError:
+            n = 1
+        if pixels > BIG_FRAME:
+            n = 1
+    return max(1, min(MAX_DETECT_THREADS, n))
 
 
 def _wrap_encode(fn):

@@ -47,10 +47,16 @@ CROP_PAD = 16  # least margin (px) of a track crop around the face's predicted b
 CROP_MARGIN = 0.6  # ... and its margin as a share of the face's side (a face moves < 1/4 side
 # per frame: tracking.Track.velocity)
 MERGE_WASTE = 1.3  # two crops are merged when their union is at most this x their two areas
-# A look bigger than this (a 4K or 8K band) runs as side-by-side pieces sharing the bands'
-# overlap: onnxruntime's working memory grows with the input (4K: -175 MB peak RSS with
-# pieces of 0.5 MP instead of whole 1.06 MP bands, BENCHMARKS.md 2026-11-29)
-MAX_LOOK_PIXELS = 600_000
+# A look bigger than this (a 1080p, 4K or 8K band) runs as side-by-side pieces sharing the
+# bands' overlap: onnxruntime's working memory grows with the input (4K: -175 MB peak RSS
+# with pieces of 0.5 MP instead of whole 1.06 MP bands, and another -220 MB with two
+# detection threads at 0.3 MP, at the same speed: BENCHMARKS.md, Video)
+MAX_LOOK_PIXELS = 300_000
+# Track crops of frame t follow the tracker as it stood after frame t - CROP_LAG, however many
+# threads scan: up to CROP_LAG frames are scanned at once, and the output does not depend on
+# thread timing or on the number of detection threads.
+CROP_LAG = 2
+MAX_DETECT_THREADS = CROP_LAG
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,9 +131,14 @@ def track_crops(
     return _merge(rects)
 
 
-def _pieces(rect: tuple[int, int, int, int], overlap: int) -> list[tuple[int, int, int, int]]:
-    """`rect` cut into side-by-side pieces of at most about MAX_LOOK_PIXELS that share
-    `overlap` columns (a face up to the overlap is whole in one of them)."""
+def _pieces(rect: tuple[int, int, int, int], plan: ScanPlan) -> list[tuple[int, int, int, int]]:
+    """`rect` cut into side-by-side pieces of at most about MAX_LOOK_PIXELS that share the
+    plan's overlap columns (a face up to the overlap is whole in one of them; a bigger one is
+    the cheap look's). A frame scanned whole (no cheap look) is one piece: a face of any size
+    must be whole in it."""
+    if plan.cheap is None:
+        return [rect]
+    overlap = plan.overlap
     x1, y1, x2, y2 = rect
     n = math.ceil((x2 - x1) * (y2 - y1) / MAX_LOOK_PIXELS)
     if n <= 1:
@@ -210,7 +221,7 @@ def scan_frame(
         if len(d):
             sx, sy = plan.width / small.shape[1], plan.height / small.shape[0]
             parts.append(Detections(d.boxes * np.array([sx, sy, sx, sy], np.float32), d.scores))
-    for rect in (piece for r in rects for piece in _pieces(r, plan.overlap)):
+    for rect in (piece for r in rects for piece in _pieces(r, plan)):
         crop, ox, oy = upright_crop(frame, rect, turns)
         d = vdet.look(crop)
         if len(d):
@@ -229,10 +240,10 @@ class Frame:
     duration: int = 0  # pts units until the next frame (known once that one is decoded)
 
 
-def scan_loop(q_dec, q_enc, stop, vdet: VideoDetector, vcfg, stats, pool, width, emit) -> None:
+def scan_loop(q_dec, q_enc, stop, vdet: VideoDetector, vcfg, stats, pool, emit) -> None:
     """The calling thread's stage: frames from the decoder, scanned (on `pool`'s threads when
-    given, results consumed in frame order), tracked, and passed on to redaction with their
-    boxes (stored pixels). `emit(frame, t_ms, FrameBoxes)` records each finalised frame that
+    given: CROP_LAG frames at once; results consumed in frame order), tracked, and passed on to
+    redaction with their boxes (stored pixels). `emit(frame, t_ms, FrameBoxes)` records each finalised frame that
     has faces, in frame order."""
     tb = stats["time_base"]
     nominal = stats["interval"]  # pts units of one frame at the stream's nominal rate
@@ -253,6 +264,7 @@ def scan_loop(q_dec, q_enc, stop, vdet: VideoDetector, vcfg, stats, pool, width,
 
     def submit(item: Frame) -> None:
         nonlocal cov
+        settle(item.index - CROP_LAG)  # the tracker as of CROP_LAG frames back, on any threads
         plan: ScanPlan = stats["plan"]
         if cov is None:
             cov = TemporalCoverage(
@@ -268,13 +280,10 @@ def scan_loop(q_dec, q_enc, stop, vdet: VideoDetector, vcfg, stats, pool, width,
         held[item.index] = item
         inflight.append((item, pool.submit(scan_frame, *args) if pool else scan_frame(*args)))
 
-    def settle(max_pending: int) -> None:
-        """Consume finished frames in order; wait while more than `max_pending` are queued."""
-        while inflight and (
-            not isinstance(inflight[0][1], Future)
-            or inflight[0][1].done()
-            or sum(isinstance(f, Future) for _, f in inflight) > max_pending
-        ):
+    def settle(through: float) -> None:
+        """Push the scanned frames up to index `through` to the tracker, in order (waiting for
+        their scans): no later one, so a frame's crops never depend on thread timing."""
+        while inflight and inflight[0][0].index <= through:
             item, got = inflight.popleft()
             dets = got.result() if isinstance(got, Future) else got
             release(cov.push(item.index, dets))
@@ -290,12 +299,11 @@ def scan_loop(q_dec, q_enc, stop, vdet: VideoDetector, vcfg, stats, pool, width,
             if waiting is not None:
                 waiting.duration = item.pts - waiting.pts
                 submit(waiting)
-                settle(width)
             waiting = item
         if waiting is not None:
             waiting.duration = stats["last_dur"] or nominal
             submit(waiting)
-        settle(-1)
+        settle(math.inf)
     finally:
         for _, got in inflight:
             if isinstance(got, Future):
