@@ -75,6 +75,33 @@ def test_int8_model_cached_once(tmp_path, monkeypatch):
     assert quantize.cache_path("ab" * 32).read_bytes() == b"int8:net"
 
 
+def test_damaged_cached_graph_is_built_again(tmp_path, monkeypatch):
+    """A cached graph whose bytes no longer match the sha256 written beside it is rebuilt."""
+    monkeypatch.setenv("SANITIZER_CACHE", str(tmp_path / "cache"))
+    calls = []
+    monkeypatch.setattr(quantize, "build_int8", lambda fp32: calls.append(1) or b"int8:" + fp32)
+    assert quantize.int8_model(b"net", "ab" * 32) == b"int8:net"
+    quantize.cache_path("ab" * 32).write_bytes(b"int8:ne")  # cut short
+    assert quantize.int8_model(b"net", "ab" * 32) == b"int8:net"
+    assert len(calls) == 2
+
+
+def test_prepared_fp32_graph_is_cached(tmp_path, monkeypatch):
+    """Workers running fp32 read the prepared graph from the cache (no onnx import)."""
+    from sanitizer.detect import centerface
+
+    monkeypatch.setenv("SANITIZER_CACHE", str(tmp_path / "cache"))
+    centerface._prepared_model.cache_clear()
+    try:
+        data, sha = centerface._prepared_model(str(centerface.model_path()))
+        assert quantize.prepared_path(sha).read_bytes() == data
+        monkeypatch.setattr(centerface, "_prepare", lambda path: pytest.fail("prepared again"))
+        centerface._prepared_model.cache_clear()
+        assert centerface._prepared_model(str(centerface.model_path()))[0] == data
+    finally:
+        centerface._prepared_model.cache_clear()
+
+
 def test_int8_unusable_cache_builds_in_memory(tmp_path, monkeypatch):
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("x")  # the cache folder cannot be created under a file (even as root)

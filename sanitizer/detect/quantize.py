@@ -206,29 +206,63 @@ def int8_model(fp32: bytes | Callable[[], bytes], fp32_sha256: str, rebuild: boo
     """The cached int8 model for this fp32 graph, built (under a lock) when missing, or when
     `rebuild` (the cached file is replaced). `fp32` may be a function returning the graph: a
     cache hit then never prepares it."""
-    path = cache_path(fp32_sha256)
-    folder = path.parent
-    with contextlib.suppress(OSError):
-        if path.is_file() and not rebuild:
-            return path.read_bytes()
+    return cached_graph(cache_path(fp32_sha256), lambda: _build(fp32), rebuild)
+
+
+def prepared_path(fp32_sha256: str) -> Path:
+    """Where the prepared fp32 graph (dynamic dims, no initializer inputs) is cached."""
+    return cache_dir() / f"centerface-fp32-{fp32_sha256[:16]}-onnx{_onnx_version()}.onnx"
+
+
+def cached_graph(path: Path, build: Callable[[], bytes], rebuild: bool = False) -> bytes:
+    """The graph cached at `path`, built (under a lock) when missing or when `rebuild`. Beside
+    it, `path`.sha256 holds its sha256: a damaged file is built again. An unwritable cache
+    folder only costs the build in every process."""
+    sidecar = path.with_name(path.name + ".sha256")
+
+    def read() -> bytes | None:
+        if rebuild:
+            return None
+        with contextlib.suppress(OSError):
+            data = path.read_bytes()
+            if hashlib.sha256(data).hexdigest() == sidecar.read_text().strip():
+                return data
+        return None
+
+    data = read()
+    if data is not None:
+        return data
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        lock = open(folder / ".build.lock", "w")  # noqa: SIM115 - held for the build
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock = open(path.parent / ".build.lock", "w")  # noqa: SIM115 - held for the build
     except OSError:
-        return _build(fp32)  # read-only home: build in memory every time
+        return build()  # read-only home: build in memory every time
     with lock:
         _flock(lock)
-        if path.is_file() and not rebuild:  # another process built it while we waited
-            return path.read_bytes()
-        data = _build(fp32)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        data = read()  # another process built it while we waited
+        if data is not None:
+            return data
+        data = build()
+        suffix = f".tmp{os.getpid()}"
         try:
-            tmp.write_bytes(data)
-            os.replace(tmp, path)
+            path.with_name(path.name + suffix).write_bytes(data)
+            os.replace(path.with_name(path.name + suffix), path)
+            sidecar.with_name(sidecar.name + suffix).write_text(hashlib.sha256(data).hexdigest())
+            os.replace(sidecar.with_name(sidecar.name + suffix), sidecar)
         except OSError:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
+            for p in (path, sidecar):
+                with contextlib.suppress(OSError):
+                    p.with_name(p.name + suffix).unlink()
         return data
+
+
+def _onnx_version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("onnx")
+    except metadata.PackageNotFoundError:
+        return "none"
 
 
 def _build(fp32: bytes | Callable[[], bytes]) -> bytes:
