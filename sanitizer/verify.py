@@ -77,7 +77,7 @@ def lowered(dcfg, threshold: float):
     """A copy of a DetectConfig with every pass's threshold moved by (threshold - dcfg.threshold)."""
     delta = threshold - dcfg.threshold
     changes: dict[str, Any] = {"threshold": threshold}
-    for name in ("upscale_threshold", "rescan_threshold"):
+    for name in ("upscale_threshold", "rescan_threshold", "aspect_threshold"):
         if hasattr(dcfg, name):
             changes[name] = min(0.99, max(0.02, getattr(dcfg, name) + delta))
     if getattr(dcfg, "vote_threshold", 0) > 0:

@@ -18,8 +18,15 @@ from sanitizer.verify import classify, lowered
 
 
 def test_lowered_moves_every_pass_threshold_by_the_same_amount() -> None:
-    d = DetectConfig(threshold=0.2, upscale_threshold=0.3, vote_threshold=0.1, rescan_threshold=0.5)
+    d = DetectConfig(
+        threshold=0.2,
+        upscale_threshold=0.3,
+        vote_threshold=0.1,
+        rescan_threshold=0.5,
+        aspect_threshold=0.3,
+    )
     low = lowered(d, 0.15)
+    assert low.aspect_threshold == pytest.approx(0.25)  # the stretched passes of square images
     assert low.threshold == 0.15
     assert low.upscale_threshold == pytest.approx(0.25)
     assert low.vote_threshold == pytest.approx(0.05)

@@ -234,7 +234,8 @@ def cached_graph(path: Path, build: Callable[[], bytes], rebuild: bool = False) 
         return data
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        lock = open(path.parent / ".build.lock", "w")  # noqa: SIM115 - held for the build
+        # one lock per graph: building the int8 graph prepares the fp32 one, under its own lock
+        lock = open(path.with_name(path.name + ".lock"), "w")  # noqa: SIM115 - held for the build
     except OSError:
         return build()  # read-only home: build in memory every time
     with lock:
