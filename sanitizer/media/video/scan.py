@@ -243,8 +243,8 @@ class Frame:
 def scan_loop(q_dec, q_enc, stop, vdet: VideoDetector, vcfg, stats, pool, emit) -> None:
     """The calling thread's stage: frames from the decoder, scanned (on `pool`'s threads when
     given: CROP_LAG frames at once; results consumed in frame order), tracked, and passed on to
-    redaction with their boxes (stored pixels). `emit(frame, t_ms, FrameBoxes)` records each finalised frame that
-    has faces, in frame order."""
+    redaction with their boxes (stored pixels). `emit(frame, t_ms, FrameBoxes)` records each
+    finalised frame that has faces, in frame order."""
     tb = stats["time_base"]
     nominal = stats["interval"]  # pts units of one frame at the stream's nominal rate
     held: dict[int, Frame] = {}
