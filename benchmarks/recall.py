@@ -8,7 +8,8 @@ report on the other half and on sets derived from it, per face-size bucket.
     python benchmarks/recall.py --dev-tables       # the older per-profile tables on all of
                                                   # faces_dev.json + irreversibility
 
-Derived sets (made once under --work from a half, ground truth mapped accordingly):
+Derived sets (made once under --work from the report half, or from the tune half with a
+`tune-` prefix, e.g. `tune-square416`; ground truth mapped accordingly):
 `down50` (half size), `square416` (squashed to 416x416 without keeping the aspect ratio, as
 datasets prepared for training are), `jpeg25` (JPEG-recompressed at quality 25), `thumb320`
 (long side 320 px). Each row gives coverage (share of faces protected, `sanitizer.evaluate`'s
@@ -195,6 +196,8 @@ VARIANTS: dict[str, dict] = {
         "aspect_tall": 1.25,
         "upscale_min_side": 1248,
     },
+    "default-tall": {"aspect_tall": 0.0},
+    "default-wide": {"aspect_wide": 0.0},
     "strict": "strict",
 }
 SETS = ("report", "down50", "square416", "jpeg25", "thumb320")
@@ -223,6 +226,15 @@ def derive(kind: str, rgb: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, n
     out = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
     b = np.asarray(boxes, np.float64).reshape(-1, 4) * np.array([sx, sy, sx, sy])
     return out, b, ".png"
+
+
+def split_set(name: str) -> tuple[str, str]:
+    """(half, derived kind) of a --sets name: `report`, `tune`, a derived set of the report
+    half (`square416`) or of the tune half (`tune-square416`, to choose options on)."""
+    if name in ("report", "tune"):
+        return name, name
+    half, _, kind = name.rpartition("-")
+    return (half or "report"), kind
 
 
 def make_set(half: str, kind: str, halves: Path, work: Path) -> tuple[list, Path]:
@@ -355,8 +367,8 @@ def validation(a) -> int:
     model = None
     results: dict[str, dict[str, dict]] = {}
     for kind in sets:
-        half = "report" if kind != "tune" else "tune"
-        gt, root = make_set(half, "report" if kind == "report" else kind, halves, work)
+        half, derived = split_set(kind)
+        gt, root = make_set(half, derived, halves, work)
         for v in variants:
             cfg = detect_config(v)
             if model is None:
