@@ -81,8 +81,10 @@ def make_clip(
     fmt: str | None = None,
     metadata: dict[str, str] | None = None,
     options: dict[str, str] | None = None,
+    languages: tuple[str, ...] = ("",),
 ) -> Path:
-    """A textured clip (seeded noise, bright so black fill is unambiguous) with optional audio."""
+    """A textured clip (seeded noise, bright so black fill is unambiguous) with optional audio:
+    one track per entry of `languages` (its language tag, "" for none), tones of 440, 660, ... Hz."""
     rng = np.random.default_rng(0)
     w, h = size
     with av.open(str(path), "w", format=fmt, options=options or {}) as out:
@@ -94,10 +96,13 @@ def make_clip(
             vs.options = {"preset": "ultrafast", "crf": "18"}
         if rotation:
             vs.set_display_rotation(rotation)
-        as_ = None
-        if audio:
+        tracks = []
+        for lang in languages if audio else ():
             as_ = out.add_stream(audio, rate=48000)
             as_.layout = "mono"
+            if lang:
+                as_.metadata["language"] = lang
+            tracks.append(as_)
         noise = cv2.GaussianBlur(rng.normal(0, 1, (h, w, 3)), (0, 0), 2.0)
         base = (170 + 80 * noise / np.abs(noise).max()).clip(90, 250).astype(np.uint8)
         samples = 0
@@ -105,10 +110,10 @@ def make_clip(
             img = np.roll(base, i, axis=1)
             for p in vs.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
                 out.mux(p)
-            if as_ is not None:
-                n = 48000 // fps
-                t = (np.arange(samples, samples + n) / 48000.0).astype(np.float32)
-                wave = (0.2 * np.sin(2 * np.pi * 440 * t))[None, :]
+            n = 48000 // fps
+            t = (np.arange(samples, samples + n) / 48000.0).astype(np.float32)
+            for k, as_ in enumerate(tracks):
+                wave = (0.2 * np.sin(2 * np.pi * 220 * (2 + k) * t))[None, :]
                 if audio.startswith("pcm_s16"):
                     af = av.AudioFrame.from_ndarray(
                         (wave * 32767).astype(np.int16), format="s16", layout="mono"
@@ -116,12 +121,12 @@ def make_clip(
                 else:
                     af = av.AudioFrame.from_ndarray(wave, format="fltp", layout="mono")
                 af.sample_rate, af.pts = 48000, samples
-                samples += n
                 for p in as_.encode(af):
                     out.mux(p)
+            samples += n
         for p in vs.encode(None):
             out.mux(p)
-        if as_ is not None:
+        for as_ in tracks:
             for p in as_.encode(None):
                 out.mux(p)
     return path
@@ -544,6 +549,32 @@ def test_timing_audio_and_no_tags_kept(tmp_path):
     raw = out.read_bytes()
     for needle in (b"+48.8584", b"iPhone", b"Apple", b"holiday", b"secret-encoder", b"2024-05-01"):
         assert needle not in raw
+
+
+def _tone_hz(path: Path, track: int) -> float:
+    """The dominant frequency (Hz) of an audio track's first channel, decoded whole."""
+    with av.open(str(path)) as c:
+        a = c.streams.audio[track]
+        frames = [f for f in c.decode(a)]
+        assert frames[0].format.is_planar and frames[0].sample_rate == 48000
+        pcm = np.concatenate([f.to_ndarray()[0] for f in frames])
+    return float(np.argmax(np.abs(np.fft.rfft(pcm[4800:52800]))))  # 1 s: 1 Hz a bin
+
+
+@pytest.mark.parametrize(("suffix", "container"), [(".mp4", "mp4"), (".webm", "webm")])
+def test_every_audio_track_is_kept_in_order_with_its_language(tmp_path, suffix, container):
+    # a second language or a commentary track is data like the first: none is dropped (AAC
+    # cannot go into WebM: there both tracks are re-encoded to Opus)
+    src = make_clip(tmp_path / "in.mp4", frames=60, fps=30, languages=("eng", "fra"))
+    with av.open(str(src)) as c:
+        assert [a.metadata.get("language") for a in c.streams.audio] == ["eng", "fra"]
+    out = tmp_path / f"out{suffix}"
+    res = sanitize(src, out, FakeDetector(), container)
+    assert res.audio_kept and res.frames == 60
+    with av.open(str(out)) as c:
+        assert len(c.streams.video) == 1 and len(c.streams.audio) == 2
+        assert [a.metadata.get("language") for a in c.streams.audio] == ["eng", "fra"]
+    assert [_tone_hz(out, k) for k in (0, 1)] == pytest.approx([440, 660], abs=2)
 
 
 @pytest.mark.parametrize("rotation", [90, -90, 180])

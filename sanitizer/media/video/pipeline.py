@@ -15,9 +15,10 @@ Output: same container, H.264 yuv420p (VP9 for WebM; frames of any other pixel f
 converted to yuv420p when decoded, and H.264 frames with an odd width or height get the last
 column/row repeated once: x264 takes even sides only); every frame keeps its timestamp in the
 input's time base, so frame count, rate and duration match; the display rotation is written
-back as a display matrix; the first audio stream is copied packet for packet (re-encoded
-only if the container cannot hold its codec); subtitles, data, attachments, chapters and
-every container/stream metadata tag are dropped, and so is cover art. A file with several
+back as a display matrix; every audio stream is copied packet for packet, in its order
+(re-encoded only if the container cannot hold its codec), keeping its language code;
+subtitles, data, attachments, chapters and every other container/stream metadata tag are
+dropped, and so is cover art. A file with several
 video tracks (cover art is not one) fails: only single-track videos are written.
 
 Fail closed: any error raises DecodeError/EncodeError and the caller publishes nothing.
@@ -31,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import os
 import queue
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -92,6 +94,8 @@ MUXERS = {
 }
 # output extension -> container, when the caller did not say (the manifest's own table)
 EXTENSIONS = {ext: fmt for ext, (kind, fmt) in MANIFEST_EXTENSIONS.items() if kind == "video"}
+# an audio track's language tag (ISO 639-2), the one stream tag that is kept
+LANGUAGE = re.compile(r"[a-z]{3}")
 # audio encoder used when the container cannot hold the input's audio codec
 FALLBACK_AUDIO = {"webm": "libopus"}
 # video encoders that take 4:2:0 frames of any size; the others (x264) take even sides only,
@@ -214,7 +218,7 @@ def _run(
             f"{len(videos)} video tracks: only single-track videos are supported; nothing published"
         )
     vin = videos[0]
-    ain = inp.streams.audio[0] if inp.streams.audio else None
+    ains = list(inp.streams.audio)  # every audio track is kept (a second language, commentary)
     vin.thread_type = "AUTO"
     if vcfg.threads:
         vin.thread_count = vcfg.threads
@@ -246,7 +250,7 @@ def _run(
         index = 0
         last_pts = None
         size = None
-        streams = [vin] + ([ain] if ain is not None else [])
+        streams = [vin, *ains]
         demux = inp.demux(streams)
         while True:
             try:
@@ -317,7 +321,8 @@ def _run(
         return index + 1, pts, size
 
     # ---- stage 3: redact + encode + mux ----------------------------------------------------
-    out_state: dict = {"out": None, "vout": None, "aout": None, "aenc": None, "pending_audio": []}
+    # audio: input stream index -> (input stream, output stream, re-encoded?)
+    out_state: dict = {"out": None, "vout": None, "audio": {}, "pending_audio": []}
 
     codec, options = _video_options(kind, vcfg, vin.codec_context.width * vin.codec_context.height)
 
@@ -344,22 +349,32 @@ def _run(
         vout.codec_context.color_primaries = first.color_primaries
         vout.codec_context.color_trc = first.color_trc
         out_state["vout"] = vout
-        if ain is not None:
-            name = ain.codec_context.name
-            if name in out.supported_codecs:
-                out_state["aout"] = out.add_stream_from_template(ain)
+        for ain in ains:
+            if ain.codec_context is None:  # a codec FFmpeg does not know: cannot be kept
+                continue
+            if ain.codec_context.name in out.supported_codecs:
+                aout, reencode = out.add_stream_from_template(ain), False
             else:
                 enc = FALLBACK_AUDIO.get(kind, "aac")
                 aout = out.add_stream(enc, rate=ain.codec_context.sample_rate or 48000)
-                out_state["aout"], out_state["aenc"] = aout, True
-            stats["audio_kept"] = True
+                reencode = True
+            language = ain.metadata.get("language", "")
+            if LANGUAGE.fullmatch(language) and language != "und":
+                aout.metadata["language"] = language  # tells the tracks apart; not personal
+            out_state["audio"][ain.index] = (ain, aout, reencode)
+        # the audit's audio_kept: the input had audio and every track of it was written
+        stats["audio_kept"] = bool(ains) and len(out_state["audio"]) == len(ains)
         for p in out_state["pending_audio"]:
             mux_audio(p)
         out_state["pending_audio"].clear()
 
     def mux_audio(packet) -> None:
-        out, aout = out_state["out"], out_state["aout"]
-        if out_state["aenc"]:
+        out = out_state["out"]
+        track = out_state["audio"].get(packet.stream.index)
+        if track is None:
+            return
+        ain, aout, reencode = track
+        if reencode:
             try:
                 frames = ain.decode(packet)
             except av.error.FFmpegError:
@@ -420,8 +435,9 @@ def _run(
             return
         out, vout = out_state["out"], out_state["vout"]
         out.mux(vout.encode(None))
-        if out_state["aenc"]:
-            out.mux(out_state["aout"].encode(None))
+        for _, aout, reencode in out_state["audio"].values():
+            if reencode:
+                out.mux(aout.encode(None))
         out.close()
         out_state["out"] = None
 
