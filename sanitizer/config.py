@@ -69,9 +69,9 @@ class DetectConfig:
     # side to reach this many px (at most max_side); 0 = just `upscale`.
     upscale_min_side: int = 0
     # Square images (photos resized for model training without keeping the aspect ratio,
-    # thumbnails): also scan the image stretched `aspect_wide` times in width and `aspect_tall`
-    # times in height, so squashed faces look like faces again (0 or 1 = no such pass). An
-    # image is square when |width / height - 1| <= `aspect_square_tol`.
+    # thumbnails): also scan the image stretched `aspect_wide` times in width, and narrowed so
+    # that it is `aspect_tall` times taller than wide, so squashed faces look like faces again
+    # (0 or 1 = no such pass). An image is square when |width / height - 1| <= `aspect_square_tol`.
     # 1.5 / 1.25 undo the squash of 3:2 landscapes / 4:5 portraits (BENCHMARKS.md, 2026-11-29).
     aspect_wide: float = 1.5
     aspect_tall: float = 1.25

@@ -209,7 +209,7 @@ def test_aspect_passes_on_square_images_map_boxes_back():
     model = Centre()
     det = ScanDetector(model, cfg)
     faces = det.detect(np.zeros((416, 416, 3), np.uint8))
-    assert model.sizes == [(416, 416), (624, 416), (416, 520)]  # native, wide, tall
+    assert model.sizes == [(416, 416), (624, 416), (333, 416)]  # native, wide, tall (narrowed)
     assert len(faces) == 1 and np.allclose(faces.boxes[0], [416 / 3, 416 / 3, 832 / 3, 832 / 3])
     model.sizes.clear()
     det.detect(np.zeros((400, 600, 3), np.uint8))  # not square: native pass only

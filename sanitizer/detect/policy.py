@@ -7,9 +7,10 @@ A `ScanDetector` wraps any `Model` (detect/__init__.py). Per image, `passes()` c
   `upscale_min_side`); it keeps only boxes under `upscale_max_face` px: big faces are the
   native pass's job, and upscaled passes hallucinate big faces;
 - for square images (photos resized for model training, thumbnails), aspect-corrected passes:
-  the image stretched `aspect_wide` times in width and `aspect_tall` times in height, so that
-  faces squashed by a resize that did not keep the aspect ratio look like faces again; boxes
-  are mapped back;
+  the image made `aspect_wide` times wider (stretched) and `aspect_tall` times taller relative
+  to its width (by narrowing it: fewer pixels than stretching its height, and as many faces
+  found), so that faces squashed by a resize that did not keep the aspect ratio look like faces
+  again; boxes are mapped back;
 - native tiles for very large images; optionally the mirrored native image;
 - a re-scan at a larger scale for crowd photos.
 
@@ -191,7 +192,10 @@ class ScanDetector:
             zoom = base * self.aspect_scale
             for stretch, wide in ((self.aspect_wide, True), (self.aspect_tall, False)):
                 if stretch > 1:
-                    sx, sy = (zoom * stretch, zoom) if wide else (zoom, zoom * stretch)
+                    # the tall correction narrows the image instead of stretching its height:
+                    # 0.64x the pixels, every size bucket as well covered (BENCHMARKS.md,
+                    # 2026-12-03); widening the wide one is kept (narrowing it lost faces)
+                    sx, sy = (zoom * stretch, zoom) if wide else (zoom / stretch, zoom)
                     name = f"{'wide' if wide else 'tall'}{stretch:g}"
                     # no vote: with it, square face-free photos get masked (BENCHMARKS.md,
                     # 2026-11-29); an aspect pass's box must reach aspect_threshold on its own
