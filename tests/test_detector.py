@@ -216,6 +216,32 @@ def test_aspect_passes_on_square_images_map_boxes_back():
     assert model.sizes == [(600, 400)]
 
 
+class Shifted:
+    """A toy model seeing each face twice, the second box shifted by a quarter of its side (IoU
+    0.39): a small one (20 px) and a big one (90 px)."""
+
+    name, model_sha256, precision = "shifted", "s" * 64, ""
+
+    def infer(self, image, threshold):
+        boxes = []
+        for x, y, s in ((50, 50, 20), (200, 50, 90)):
+            boxes += [[x, y, x + s, y + s], [x + s / 4, y + s / 4, x + s * 5 / 4, y + s * 5 / 4]]
+        return Detections(np.array(boxes, np.float32), np.array([0.9, 0.8, 0.9, 0.8], np.float32))
+
+
+@pytest.mark.parametrize("grow", [32, 0])
+def test_small_face_boxes_grow_to_enclose_the_boxes_merged_into_them(grow):
+    from sanitizer.detect.policy import ScanDetector
+
+    cfg = from_dict({"detect": {"upscale": 0, "grow_small": grow}}).detect
+    faces = ScanDetector(Shifted(), cfg).detect(np.zeros((300, 400, 3), np.uint8))
+    assert len(faces) == 2  # one box per face either way (the audit's detections)
+    small, big = sorted(faces.boxes.tolist())
+    # the small face's box covers both views of it; a big face keeps its best box
+    assert small == pytest.approx([50, 50, 75, 75] if grow else [50, 50, 70, 70])
+    assert big == pytest.approx([200, 50, 290, 140])
+
+
 def test_small_images_upscale_to_a_minimum_side():
     from sanitizer.detect.policy import ScanDetector
 

@@ -15,7 +15,9 @@ A `ScanDetector` wraps any `Model` (detect/__init__.py). Per image, `passes()` c
 - a re-scan at a larger scale for crowd photos.
 
 `candidates()` collects every pass's raw boxes; `select()` keeps those above their pass's
-threshold plus weaker ones (>= `vote_threshold`) that `vote_passes` passes agree on, then NMS.
+threshold plus weaker ones (>= `vote_threshold`) that `vote_passes` passes agree on, then NMS;
+a kept box under `grow_small` px grows to enclose the boxes it suppressed (passes and anchors
+see a small face slightly shifted, and the best-scoring box alone often misses part of it).
 `select(delta)` shifts all thresholds at once (used for calibration).
 """
 
@@ -95,6 +97,7 @@ OPTIONS = (
     "rescan_scale",
     "rescan_threshold",
     "nms_iou",
+    "grow_small",
     "min_face",
     "max_side",
 )
@@ -300,16 +303,25 @@ class ScanDetector:
                     if t != s and other.size:
                         support += iou_matrix(d.boxes[weak], d.boxes[other]).max(1) >= VOTE_IOU
                 keep[weak[support >= self.vote_passes - 1]] = True
-        return self.finish(d[keep])
+        return self.finish(d[keep], self.grow_small)
 
     def detect(self, image: np.ndarray) -> Detections:
         return self.select(self.candidates(image))
 
-    def finish(self, dets: Detections) -> Detections:
+    def finish(self, dets: Detections, grow_below: float = 0.0) -> Detections:
         """Drop boxes under `min_face` px, then NMS (the last step of `select`; video calls it on
-        one raw pass)."""
+        one raw pass). A kept box under `grow_below` px grows to enclose every box it
+        suppressed (IoU >= nms_iou)."""
         if not len(dets):
             return dets
         wh = np.minimum(dets.boxes[:, 2] - dets.boxes[:, 0], dets.boxes[:, 3] - dets.boxes[:, 1])
         dets = dets[wh >= self.min_face]
-        return dets[nms(dets.boxes, dets.scores, self.nms_iou)]
+        kept = dets[nms(dets.boxes, dets.scores, self.nms_iou)]
+        small = np.nonzero(_sides(kept.boxes) < grow_below)[0]
+        if small.size:
+            kept = Detections(kept.boxes.copy(), kept.scores)
+            overlap = iou_matrix(kept.boxes[small], dets.boxes) >= self.nms_iou
+            for k, group in zip(small, overlap, strict=True):
+                boxes = dets.boxes[group]  # the kept box itself among them
+                kept.boxes[k] = [*boxes[:, :2].min(axis=0), *boxes[:, 2:].max(axis=0)]
+        return kept
