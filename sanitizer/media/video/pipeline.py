@@ -18,8 +18,8 @@ input's time base, so frame count, rate and duration match; the display rotation
 back as a display matrix; every audio stream is copied packet for packet, in its order
 (re-encoded only if the container cannot hold its codec), keeping its language code;
 subtitles, data, attachments, chapters and every other container/stream metadata tag are
-dropped, and so is cover art. A file with several
-video tracks (cover art is not one) fails: only single-track videos are written.
+dropped, and so is cover art. A file with several video tracks (cover art is not one) fails:
+only single-track videos are written.
 
 Fail closed: any error raises DecodeError/EncodeError and the caller publishes nothing.
 Packets the decoder rejects are counted in `dropped_packets` (together with frames the
