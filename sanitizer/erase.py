@@ -101,23 +101,13 @@ def skipped_rows(
     items: list[MediaItem], erased: dict[str, str], ctx: Any
 ) -> list[tuple[dict[str, Any], list[dict[str, Any]]]]:
     """A `skipped` files row (and no detections) per erased item; ctx: process.Context."""
-    from sanitizer.records import FileResult
+    from sanitizer.process import file_result  # not at the top: `sanitizer erase` needs no media
 
     now = time.time()
     return [
         (
-            FileResult(
-                run_id=ctx.run_id,
-                key=item.key,
-                source_uri=item.uri,
-                source_sha256=item.sha256,
-                size=item.size,
-                kind=item.kind,
-                status="skipped",
-                error=erased[item.key],
-                config_fingerprint=ctx.fingerprint,
-                started=now,
-                finished=now,
+            file_result(
+                ctx, item, status="skipped", error=erased[item.key], started=now, finished=now
             ).to_row(),
             [],
         )

@@ -142,7 +142,9 @@ def detection_rows(
     return rows
 
 
-def _result(ctx: Context, item: MediaItem, **kw) -> FileResult:
+def file_result(ctx: Context, item: MediaItem, **kw) -> FileResult:
+    """The files row of an item in this run, with the run's detector and the key's exact bytes;
+    `kw` gives the status and what happened."""
     return FileResult(
         run_id=ctx.run_id,
         key=item.key,
@@ -168,7 +170,7 @@ def _one_line(exc: BaseException) -> str:
 def failure(item: MediaItem, ctx: Context, reason: str) -> dict[str, Any]:
     """A `failed` row for an item whose task could not run at all."""
     now = time.time()
-    res = _result(ctx, item, status="failed", error=reason, started=now, finished=now)
+    res = file_result(ctx, item, status="failed", error=reason, started=now, finished=now)
     res.error += _earlier_output_note(ctx, item)
     return res.to_row()
 
@@ -190,7 +192,7 @@ def process_item(item: MediaItem, ctx: Context) -> tuple[dict[str, Any], list[di
     """Process one manifest item. Returns (files row, detection rows)."""
     started = time.time()
     storage.reset_retries()
-    res = _result(ctx, item, status="failed", started=started)
+    res = file_result(ctx, item, status="failed", started=started)
     dets: list[dict[str, Any]] = []
     stopped = False
     try:

@@ -250,10 +250,11 @@ def test_erase_removes_records_and_holds_back(tmp_path):
     assert held_back(dst, items, skip=False) == {}  # run --force
 
     class Ctx:
-        run_id, fingerprint = "r2", "f"
+        run_id, fingerprint, detector = "r2", "f", None
 
     ((row, dets),) = skipped_rows(items, held, Ctx)
     assert row["status"] == "skipped" and row["error"].startswith("erased on") and dets == []
+    assert row["raw_key"] == "people/coffee.jpg" and row["config_fingerprint"] == "f"
 
 
 def test_review_page_and_verdicts(tmp_path):
