@@ -320,7 +320,7 @@ def detect_config(variant: str, base=None):
     return cfg
 
 
-def score(gt, root: Path, cfg, cache: CachingModel, scale_aspect: float = 1.0) -> dict:
+def score(gt, root: Path, cfg, cache: CachingModel) -> dict:
     """Coverage per bucket, face-free masked share and ms per photo of one profile on a set."""
     from sanitizer import evaluate as ev
     from sanitizer.detect.policy import ScanDetector

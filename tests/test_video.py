@@ -555,7 +555,7 @@ def _tone_hz(path: Path, track: int) -> float:
     """The dominant frequency (Hz) of an audio track's first channel, decoded whole."""
     with av.open(str(path)) as c:
         a = c.streams.audio[track]
-        frames = [f for f in c.decode(a)]
+        frames = list(c.decode(a))
         assert frames[0].format.is_planar and frames[0].sample_rate == 48000
         pcm = np.concatenate([f.to_ndarray()[0] for f in frames])
     return float(np.argmax(np.abs(np.fft.rfft(pcm[4800:52800]))))  # 1 s: 1 Hz a bin

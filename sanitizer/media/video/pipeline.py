@@ -218,7 +218,10 @@ def _run(
             f"{len(videos)} video tracks: only single-track videos are supported; nothing published"
         )
     vin = videos[0]
-    ains = list(inp.streams.audio)  # every audio track is kept (a second language, commentary)
+    # every audio track is kept (a second language, commentary), except one whose codec FFmpeg
+    # does not know: it cannot be copied or re-encoded, so it is not even demuxed
+    audio = list(inp.streams.audio)
+    ains = [a for a in audio if a.codec_context is not None]
     vin.thread_type = "AUTO"
     if vcfg.threads:
         vin.thread_count = vcfg.threads
@@ -350,8 +353,6 @@ def _run(
         vout.codec_context.color_trc = first.color_trc
         out_state["vout"] = vout
         for ain in ains:
-            if ain.codec_context is None:  # a codec FFmpeg does not know: cannot be kept
-                continue
             if ain.codec_context.name in out.supported_codecs:
                 aout, reencode = out.add_stream_from_template(ain), False
             else:
@@ -363,17 +364,14 @@ def _run(
                 aout.metadata["language"] = language  # tells the tracks apart; not personal
             out_state["audio"][ain.index] = (ain, aout, reencode)
         # the audit's audio_kept: the input had audio and every track of it was written
-        stats["audio_kept"] = bool(ains) and len(out_state["audio"]) == len(ains)
+        stats["audio_kept"] = bool(audio) and len(ains) == len(audio)
         for p in out_state["pending_audio"]:
             mux_audio(p)
         out_state["pending_audio"].clear()
 
     def mux_audio(packet) -> None:
         out = out_state["out"]
-        track = out_state["audio"].get(packet.stream.index)
-        if track is None:
-            return
-        ain, aout, reencode = track
+        ain, aout, reencode = out_state["audio"][packet.stream.index]
         if reencode:
             try:
                 frames = ain.decode(packet)
