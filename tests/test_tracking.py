@@ -138,3 +138,32 @@ def test_a_much_smaller_box_after_a_cut_is_another_face():
     assert len(set(frames[2].track_ids.tolist())) == 2  # two tracks
     x1, y1, x2, y2 = one.boxes[one.track_ids == frames[0].track_ids[0]][0]
     assert x1 <= 100 and y1 <= 100 and x2 >= 160 and y2 >= 170  # the big face stays covered
+
+
+def test_a_face_found_looking_back_is_redacted_where_it_was_and_tracks_nothing():
+    """observe + add_past + release: detections found in pending frames before a face's
+    first one are redacted in those frames (detected), and do not take part in tracking."""
+    cov = TemporalCoverage(keep=2, lead=4, growth=0.0)
+    out = []
+    for t in range(4):
+        assert cov.observe(t, None) == []
+        out += cov.release()
+    born = cov.observe(4, det([100, 0, 120, 20]))
+    assert len(born) == 1 and list(cov.look_back_frames(4)) == [3, 2, 1, 0]
+    # the face moved 10 px per frame: the carried-back box would leave it at frames 2-3
+    past = [np.array([80 + 10 * k, 0, 100 + 10 * k, 20], np.float64) for k in (2, 3)]
+    cov.add_past([2, 3], past, [0.5, 0.6])
+    out += cov.release()
+    for t in range(5, 8):
+        out += cov.push(t, det([100 + 10 * (t - 4), 0, 120 + 10 * (t - 4), 20]))
+    out += cov.flush()
+    by_frame = {f.frame: f for f in out}
+    for k, box in zip((2, 3), past, strict=True):
+        f = by_frame[k]
+        hit = [np.allclose(b, box) and d for b, d in zip(f.boxes, f.detected, strict=True)]
+        assert any(hit), (k, f.boxes)
+    # one track follows the face forwards; the past one never took its detections
+    ids = {int(i) for f in out[5:] for i, d in zip(f.track_ids, f.detected, strict=True) if d}
+    assert len(ids) == 1
+    with pytest.raises(ValueError):
+        cov.add_past([0], [np.zeros(4)], [0.5])  # frame 0 is final

@@ -387,15 +387,19 @@ def square_covered(frames: list[np.ndarray], square) -> list[bool]:
     return [bool(f[y + 2 : y + side - 2, x + 2 : x + side - 2].max() <= 24) for f in frames]
 
 
-def test_small_face_found_by_its_band_is_covered_back_to_the_previous_look(tmp_path):
+@pytest.mark.parametrize("look_back", [False, True])
+def test_small_face_found_by_its_band_is_covered_back_to_the_previous_look(tmp_path, look_back):
     """640x360 in 4 bands; the square is too small for the cheap look (6 px there): only the
     native look of its band (every 4th frame) finds it, and tracking covers every frame from
-    its first appearance, back to the previous look of that band."""
+    its first appearance, back to the previous look of that band. With a cycle longer than
+    the tracker's own look-ahead (track_lead 3 < 4 here; above 1080p by default), native crops
+    also follow it back through the frames before (looking back)."""
     square = (300, 300, 14)  # in the last band (rows >= 270)
     src = square_clip(tmp_path / "in.mp4", 40, (640, 360), square, on=lambda i: i >= 5)
     det = ColourDetector(min_side=10)
-    res = sanitize(src, tmp_path / "out.mp4", det, "mp4", native_pixels=60_000, scan_side=320)
-    plan = video.ScanPlan.for_frame(640, 360, VideoConfig(native_pixels=60_000, scan_side=320))
+    vkw = dict(native_pixels=60_000, scan_side=320, track_lead=3 if look_back else 4)
+    res = sanitize(src, tmp_path / "out.mp4", det, "mp4", **vkw)
+    plan = video.ScanPlan.for_frame(640, 360, VideoConfig(**vkw))
     assert plan.cycle == 4 and plan.cheap == (320, 180)
     # until the face is found: one cheap look and one band per frame
     bands = [b[3] - b[1] for b in plan.bands]
@@ -403,15 +407,20 @@ def test_small_face_found_by_its_band_is_covered_back_to_the_previous_look(tmp_p
     covered = square_covered(frames_rgb(tmp_path / "out.mp4"), square)
     assert all(covered[5:]), [i for i, c in enumerate(covered) if not c]
     detected = [d[0] for d in res.detections if d[4].any()]
-    # found by its band's look at frame 7, then by a native track crop on every frame from
-    # frame 9 (crops follow the tracker as of CROP_LAG = 2 frames back; frame 8 is covered by
-    # the track)
-    assert detected == [7, *range(9, 40)]
-    assert det.shapes[20][1] == det.shapes[20][0] >= 14 + 2 * 16  # the crop around the face
+    # found by its band's look at frame 7 (looking back: by native crops at frames 6 and 5 too;
+    # frames 4 and 3 have no face, and the look back stops); then by a native track crop on
+    # every frame from frame 9 (crops follow the tracker as of CROP_LAG = 2 frames back;
+    # frame 8 is covered by the track)
+    assert detected == [*([5, 6] if look_back else []), 7, *range(9, 40)]
+    crops = [s for s in det.shapes if s[0] == s[1]]
+    # one per frame from frame 9 but where the band holds the face (+ 4 looking back: 6 to 3)
+    assert len(crops) == 4 * look_back + len([i for i in range(9, 40) if i % 4 != 3])
+    assert crops[0][0] >= 14 + 2 * 16  # the crop around the face
     assert res.detections[0][0] <= 5  # covered from before its first detection (frame 7)
 
 
-def test_output_does_not_depend_on_detection_threads(tmp_path):
+@pytest.mark.parametrize("track_lead", [3, 4])  # 3: with looking back
+def test_output_does_not_depend_on_detection_threads(tmp_path, track_lead):
     """Track crops follow the tracker as of CROP_LAG frames back on any number of threads:
     the same looks, the same boxes, the same pixels with 1 or 2 detection threads."""
     src = make_clip(tmp_path / "in.mp4", frames=24, size=(640, 360), audio=None)
@@ -419,7 +428,16 @@ def test_output_does_not_depend_on_detection_threads(tmp_path):
     for n in (1, 2):
         det = FakeRawDetector()
         out = tmp_path / f"out{n}.mp4"
-        res = sanitize(src, out, det, "mp4", native_pixels=60_000, scan_side=320, detect_threads=n)
+        res = sanitize(
+            src,
+            out,
+            det,
+            "mp4",
+            native_pixels=60_000,
+            scan_side=320,
+            detect_threads=n,
+            track_lead=track_lead,
+        )
         boxes = [(i, np.round(d.boxes, 2).tolist()) for i, _, d, *_ in res.detections]
         runs.append((sorted(det.shapes), boxes, [f.tobytes() for f in frames_rgb(out)]))
     assert runs[0][0] == runs[1][0]  # the same looks (crops included)

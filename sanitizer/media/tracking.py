@@ -61,6 +61,10 @@ class Track:
     frames: list[int] = field(default_factory=list)  # frames with a detection, increasing
     boxes: list[np.ndarray] = field(default_factory=list)
     scores: list[float] = field(default_factory=list)
+    # False for a face's past found by looking back (TemporalCoverage.add_past): its boxes
+    # are redacted, but new detections are not associated with it (its face's own track
+    # goes on), so looking back only ever adds masks
+    follows: bool = True
 
     def add(self, t: int, box: np.ndarray, score: float) -> None:
         self.frames.append(t)
@@ -135,11 +139,11 @@ class TemporalCoverage:
         self._last_pushed = -1
 
     # -- association ----------------------------------------------------------------------
-    def _associate(self, t: int, dets: Detections) -> None:
+    def _associate(self, t: int, dets: Detections) -> list[Track]:
         live = [
             tr
             for tr in self._tracks
-            if t - tr.frames[-1] <= self.keep + self.lead and tr.frames[-1] < t
+            if tr.follows and t - tr.frames[-1] <= self.keep + self.lead and tr.frames[-1] < t
         ]
         boxes = dets.boxes.astype(np.float64)
         unmatched = set(range(len(dets)))
@@ -177,11 +181,14 @@ class TemporalCoverage:
                 used_t.add(ti)
                 unmatched.discard(di)
                 live[ti].add(t, boxes[di], dets.scores[di])
+        born = []
         for di in sorted(unmatched):
             tr = Track(self._next_id)
             self._next_id += 1
             tr.add(t, boxes[di], dets.scores[di])
             self._tracks.append(tr)
+            born.append(tr)
+        return born
 
     # -- per-frame boxes ----------------------------------------------------------------
     def _box_at(self, tr: Track, t: int) -> tuple[np.ndarray, float, bool] | None:
@@ -245,23 +252,57 @@ class TemporalCoverage:
     def live_boxes(self, t: int) -> np.ndarray:
         """Where the tracks detected in the `keep` frames before frame t are expected at t
         (predicted boxes): where to look for them again."""
-        boxes = [tr.predict(t) for tr in self._tracks if 0 < t - tr.frames[-1] <= self.keep]
+        boxes = [
+            tr.predict(t)
+            for tr in self._tracks
+            if tr.follows and 0 < t - tr.frames[-1] <= self.keep
+        ]
         return np.asarray(boxes, np.float64).reshape(-1, 4)
 
     # -- streaming API ------------------------------------------------------------------
     def push(self, t: int, dets: Detections | None) -> list[FrameBoxes]:
         """Add frame t (frames in increasing order) with its detections, or None if the
         detector did not run on it. Returns the frames that are now final, in order."""
+        self.observe(t, dets)
+        return self.release()
+
+    def observe(self, t: int, dets: Detections | None) -> list[Track]:
+        """The first half of `push`: frame t's detections associated, nothing finalised yet.
+        Returns the tracks its detections started: until `release`, a caller may look for
+        their faces in the frames before t that are still pending (`look_back_frames`) and
+        add what it finds with `add_past`."""
         if t <= self._last_pushed:
             raise ValueError(
                 f"frames must be pushed in increasing order ({t} after {self._last_pushed})"
             )
         self._last_pushed = t
-        if dets is not None and len(dets):
-            self._associate(t, dets)
+        born = self._associate(t, dets) if dets is not None and len(dets) else []
         self._pending.append(t)
+        return born
+
+    def add_past(self, frames: list[int], boxes: list[np.ndarray], scores: list[float]) -> None:
+        """A face's detections in pending frames before its first one (found by looking
+        back; `frames` increasing): redacted like a track's, associated with nothing."""
+        oldest = self._pending[0] if self._pending else self._last_pushed + 1
+        if frames and frames[0] < oldest:
+            raise ValueError(f"frame {frames[0]} is already final")
+        if frames:
+            tr = Track(self._next_id, follows=False)
+            self._next_id += 1
+            for t, box, score in zip(frames, boxes, scores, strict=True):
+                tr.add(t, box, score)
+            self._tracks.append(tr)
+
+    def look_back_frames(self, t: int) -> range:
+        """The frames before t, newest first, whose boxes a detection could still change
+        (pending, and within `lead` of t)."""
+        oldest = max(self._pending[0] if self._pending else t, t - self.lead)
+        return range(t - 1, oldest - 1, -1)
+
+    def release(self) -> list[FrameBoxes]:
+        """The second half of `push`: the frames that are now final, in order."""
         out = []
-        while self._pending and self._pending[0] <= t - self.lead:
+        while self._pending and self._pending[0] <= self._last_pushed - self.lead:
             out.append(self._finalise(self._pending.popleft()))
         return out
 

@@ -22,6 +22,12 @@ crop* around its predicted position (overlapping crops merged), unless this fram
 The tracker (tracking.py) covers a face from `cycle` frames before its first detection (its
 look-ahead) to `cycle` frames after its last, so a face first found by a band look is
 covered back to the previous native look of its region, and stays covered until the next.
+Where the cycle is longer than the tracker's own look-ahead (`track_lead`: above 1080p), a
+face too small for the cheap look is also *looked back for*: when a native look finds it for
+the first time, native crops follow it backwards through the frames still held for the
+look-ahead, so the frames before its first detection are masked where the face was, not
+where a box carried back from that detection guesses it was (a small face moves its own
+size in a few frames of a pan).
 """
 
 from __future__ import annotations
@@ -35,7 +41,8 @@ from dataclasses import dataclass
 import av
 import numpy as np
 
-from sanitizer.media.tracking import FrameBoxes, TemporalCoverage
+from sanitizer.detect import iou_matrix
+from sanitizer.media.tracking import MAX_SIZE_CHANGE, FrameBoxes, TemporalCoverage, Track
 from sanitizer.media.video.detector import VideoDetector
 from sanitizer.media.video.geometry import stored_to_upright, upright_to_stored
 from sanitizer.media.video.stages import END, get, put
@@ -57,6 +64,10 @@ MAX_LOOK_PIXELS = 300_000
 # thread timing or on the number of detection threads.
 CROP_LAG = 2
 MAX_DETECT_THREADS = CROP_LAG
+# Looking back for a new small face stops after this many frames in a row without it (a
+# one-frame gap between two detections is interpolated).
+LOOK_BACK_MISSES = 2
+LOOK_BACK_REACH = 0.75  # most distance (x its side) of a face's centres in neighbouring frames
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +164,37 @@ def _inside(r: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> bool:
     return b[0] <= r[0] and b[1] <= r[1] and r[2] <= b[2] and r[3] <= b[3]
 
 
+def same_faces(boxes: np.ndarray, dets: Detections) -> list[int | None]:
+    """For each of `boxes` (faces one frame away), the index of its detection in `dets`, or
+    None: one to one, greedily, the most overlapping first (IoU >= LOOK_BACK_IOU), then the
+    nearest centres (less than half a side apart: a face moves less than a quarter of its
+    side per frame, but a small one's box jitters); never a box of a very different size."""
+    out: list[int | None] = [None] * len(boxes)
+    if not len(dets) or not len(boxes):
+        return out
+    a = np.asarray(boxes, np.float64).reshape(-1, 4)
+    b = np.asarray(dets.boxes, np.float64)
+    iou = iou_matrix(a, b)
+    side = np.maximum(a[:, 2] - a[:, 0], a[:, 3] - a[:, 1]).clip(1.0)[:, None]
+    dist = np.linalg.norm(
+        (a[:, None, :2] + a[:, None, 2:]) / 2 - (b[None, :, :2] + b[None, :, 2:]) / 2, axis=2
+    )
+    reach = LOOK_BACK_REACH * side
+    score = np.where(iou > 0, 1.0 + iou, np.where(dist < reach, 1.0 - dist / reach, 0.0))
+    sa = np.sqrt(np.prod(np.maximum(a[:, 2:] - a[:, :2], 1.0), axis=1))[:, None]
+    sb = np.sqrt(np.prod(np.maximum(b[:, 2:] - b[:, :2], 1.0), axis=1))[None, :]
+    score[np.maximum(sa / sb, sb / sa) > MAX_SIZE_CHANGE] = 0.0
+    used: set[int] = set()
+    for flat in np.argsort(-score, axis=None, kind="stable"):
+        i, j = divmod(int(flat), score.shape[1])
+        if score[i, j] <= 0:
+            break
+        if out[i] is None and j not in used:
+            out[i] = j
+            used.add(j)
+    return out
+
+
 def _merge(rects: list[tuple[int, int, int, int]]) -> list[tuple[int, int, int, int]]:
     """Overlapping rectangles replaced by their union while it covers at most MERGE_WASTE x
     their two areas (each look has a fixed cost; a union of far-apart crops scans empty
@@ -179,6 +221,10 @@ def _merge(rects: list[tuple[int, int, int, int]]) -> list[tuple[int, int, int, 
             if merged:
                 break
     return out
+
+
+def _side(box: np.ndarray) -> float:
+    return float(max(box[2] - box[0], box[3] - box[1]))
 
 
 def _align(side: float) -> int:
@@ -286,7 +332,42 @@ def scan_loop(q_dec, q_enc, stop, vdet: VideoDetector, vcfg, stats, pool, emit) 
         while inflight and inflight[0][0].index <= through:
             item, got = inflight.popleft()
             dets = got.result() if isinstance(got, Future) else got
-            release(cov.push(item.index, dets))
+            look_back(item.index, cov.observe(item.index, dets))
+            release(cov.release())
+
+    def look_back(t: int, born: list[Track]) -> None:
+        """Follow the faces first detected at frame t backwards with native crops, through
+        the frames the tracker has not finalised; what is found is redacted (add_past)."""
+        plan: ScanPlan = stats["plan"]
+        if plan.cheap is None or plan.cycle <= vcfg.track_lead:
+            # every frame is scanned whole, or the look-ahead is the tracker's own (1080p and
+            # under): a box carried back that few frames stays on a small face (BENCHMARKS.md,
+            # Video: looking back cost +37 % at 1080p for +0.3 points of faces < 16 px)
+            return
+        # faces the cheap look sees are not followed: it looked at them in every frame
+        small = [tr.boxes[0] for tr in born if _side(tr.boxes[0]) < plan.overlap]
+        # per face: its box in the frame after k, misses in a row, and what was found
+        ahead = [(box, 0, ([], [], [])) for box in small]
+        done = []
+        for k in cov.look_back_frames(t):
+            if not ahead or k not in held:
+                break
+            boxes = np.stack([box for box, _, _ in ahead])
+            dets = scan_frame(
+                vdet, plan, held[k].frame, stats["turns"], None, track_crops(plan, boxes, ())
+            )
+            still = []
+            for (box, misses, found), j in zip(ahead, same_faces(boxes, dets), strict=True):
+                if j is not None:
+                    box, misses = dets.boxes[j].astype(np.float64), 0
+                    for seq, value in zip(found, (k, box, float(dets.scores[j])), strict=True):
+                        seq.insert(0, value)
+                else:
+                    misses += 1
+                (still if misses < LOOK_BACK_MISSES else done).append((box, misses, found))
+            ahead = still
+        for _, _, found in done + ahead:
+            cov.add_past(*found)
 
     try:
         while True:
