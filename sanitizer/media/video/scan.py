@@ -166,9 +166,10 @@ def _inside(r: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> bool:
 
 def same_faces(boxes: np.ndarray, dets: Detections) -> list[int | None]:
     """For each of `boxes` (faces one frame away), the index of its detection in `dets`, or
-    None: one to one, greedily, the most overlapping first (IoU >= LOOK_BACK_IOU), then the
-    nearest centres (less than half a side apart: a face moves less than a quarter of its
-    side per frame, but a small one's box jitters); never a box of a very different size."""
+    None: one to one, greedily, overlapping boxes first (the most overlapping), then the
+    nearest centres less than LOOK_BACK_REACH x the face's side apart (a small face's box
+    jitters, and in a pan it moves a good part of its side per frame); never a box of a very
+    different size (MAX_SIZE_CHANGE)."""
     out: list[int | None] = [None] * len(boxes)
     if not len(dets) or not len(boxes):
         return out
