@@ -55,6 +55,42 @@ def _least_size(box: np.ndarray, detected: np.ndarray, least: float = 0.5) -> np
     return np.array([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], np.float64)
 
 
+def match_faces(
+    pred: np.ndarray, boxes: np.ndarray, iou_min: float, reach: np.ndarray | float
+) -> list[tuple[int, int]]:
+    """Pairs (i, j) of `pred[i]` (where faces are expected) and `boxes[j]` (detections) that
+    are the same face, one to one, greedily: boxes overlapping by IoU >= `iou_min` first (the
+    most overlapping), then centres less than `reach` x the expected face's side apart (a
+    small face may move more than its size), never boxes of very different sizes."""
+    m = iou_matrix(pred, boxes)
+    pc = (pred[:, None, :2] + pred[:, None, 2:]) / 2
+    dc = (boxes[None, :, :2] + boxes[None, :, 2:]) / 2
+    dist = np.linalg.norm(pc - dc, axis=2)
+    side = np.maximum(pred[:, None, 2] - pred[:, None, 0], pred[:, None, 3] - pred[:, None, 1])
+    reach = reach * np.maximum(side, 1.0)
+    near = dist < reach
+    score = np.where(m >= iou_min, 1.0 + m, np.where(near, 1.0 - dist / reach, 0.0))
+    # a face does not change size by more than MAX_SIZE_CHANGE between two scans: a box that
+    # did is another face (typically across a cut), and interpolating towards it would pull
+    # the mask off the face in the frames between
+    ds = np.sqrt(np.prod(np.maximum(boxes[:, 2:] - boxes[:, :2], 1.0), axis=1))
+    ps = np.sqrt(np.prod(np.maximum(pred[:, 2:] - pred[:, :2], 1.0), axis=1))
+    ratio = np.maximum(ps[:, None] / ds[None, :], ds[None, :] / ps[:, None])
+    score = np.where(ratio <= MAX_SIZE_CHANGE, score, 0.0)
+    pairs: list[tuple[int, int]] = []
+    used_p: set[int] = set()
+    used_b: set[int] = set()
+    for flat in np.argsort(-score, axis=None, kind="stable"):
+        i, j = divmod(int(flat), len(boxes))
+        if score[i, j] <= 0:
+            break
+        if i not in used_p and j not in used_b:
+            used_p.add(i)
+            used_b.add(j)
+            pairs.append((i, j))
+    return pairs
+
+
 @dataclass(slots=True)
 class Track:
     id: int
@@ -149,36 +185,11 @@ class TemporalCoverage:
         unmatched = set(range(len(dets)))
         if live and len(dets):
             pred = np.stack([tr.predict(t) for tr in live])
-            m = iou_matrix(pred, boxes)
-            # centre-distance fallback: a small face that moved more than its size still matches
-            pc = (pred[:, None, :2] + pred[:, None, 2:]) / 2
-            dc = (boxes[None, :, :2] + boxes[None, :, 2:]) / 2
-            dist = np.linalg.norm(pc - dc, axis=2)
-            side = np.maximum(
-                pred[:, None, 2] - pred[:, None, 0], pred[:, None, 3] - pred[:, None, 1]
-            )
             # the longer the gap since a track's last detection, the further its face may be
             gap = np.array([t - tr.frames[-1] for tr in live], np.float64)[:, None]
-            reach = np.minimum(2.0, 0.5 + 0.15 * gap) * np.maximum(side, 1.0)
-            near = dist < reach
-            score = np.where(
-                m >= self.iou_threshold, 1.0 + m, np.where(near, 1.0 - dist / reach, 0.0)
-            )
-            # a face does not change size by more than MAX_SIZE_CHANGE between two scans: a box
-            # that did is another face (typically across a cut), and interpolating towards it
-            # would pull the mask off the face in the frames between
-            ds = np.sqrt(np.prod(np.maximum(boxes[:, 2:] - boxes[:, :2], 1.0), axis=1))
-            ps = np.sqrt(np.prod(np.maximum(pred[:, 2:] - pred[:, :2], 1.0), axis=1))
-            ratio = np.maximum(ps[:, None] / ds[None, :], ds[None, :] / ps[:, None])
-            score = np.where(ratio <= MAX_SIZE_CHANGE, score, 0.0)
-            used_t: set[int] = set()
-            for flat in np.argsort(-score, axis=None, kind="stable"):
-                ti, di = divmod(int(flat), len(dets))
-                if score[ti, di] <= 0:
-                    break
-                if ti in used_t or di not in unmatched:
-                    continue
-                used_t.add(ti)
+            for ti, di in match_faces(
+                pred, boxes, self.iou_threshold, np.minimum(2.0, 0.5 + 0.15 * gap)
+            ):
                 unmatched.discard(di)
                 live[ti].add(t, boxes[di], dets.scores[di])
         born = []

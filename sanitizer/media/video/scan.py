@@ -41,8 +41,7 @@ from dataclasses import dataclass
 import av
 import numpy as np
 
-from sanitizer.detect import iou_matrix
-from sanitizer.media.tracking import MAX_SIZE_CHANGE, FrameBoxes, TemporalCoverage, Track
+from sanitizer.media.tracking import FrameBoxes, TemporalCoverage, Track, match_faces
 from sanitizer.media.video.detector import VideoDetector
 from sanitizer.media.video.geometry import stored_to_upright, upright_to_stored
 from sanitizer.media.video.stages import END, get, put
@@ -166,33 +165,15 @@ def _inside(r: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> bool:
 
 def same_faces(boxes: np.ndarray, dets: Detections) -> list[int | None]:
     """For each of `boxes` (faces one frame away), the index of its detection in `dets`, or
-    None: one to one, greedily, overlapping boxes first (the most overlapping), then the
-    nearest centres less than LOOK_BACK_REACH x the face's side apart (a small face's box
-    jitters, and in a pan it moves a good part of its side per frame); never a box of a very
-    different size (MAX_SIZE_CHANGE)."""
+    None (tracking.match_faces: any overlap counts, then centres less than LOOK_BACK_REACH x
+    the face's side apart; a small face's box jitters, and in a pan it moves a good part of
+    its side per frame)."""
     out: list[int | None] = [None] * len(boxes)
-    if not len(dets) or not len(boxes):
-        return out
-    a = np.asarray(boxes, np.float64).reshape(-1, 4)
-    b = np.asarray(dets.boxes, np.float64)
-    iou = iou_matrix(a, b)
-    side = np.maximum(a[:, 2] - a[:, 0], a[:, 3] - a[:, 1]).clip(1.0)[:, None]
-    dist = np.linalg.norm(
-        (a[:, None, :2] + a[:, None, 2:]) / 2 - (b[None, :, :2] + b[None, :, 2:]) / 2, axis=2
-    )
-    reach = LOOK_BACK_REACH * side
-    score = np.where(iou > 0, 1.0 + iou, np.where(dist < reach, 1.0 - dist / reach, 0.0))
-    sa = np.sqrt(np.prod(np.maximum(a[:, 2:] - a[:, :2], 1.0), axis=1))[:, None]
-    sb = np.sqrt(np.prod(np.maximum(b[:, 2:] - b[:, :2], 1.0), axis=1))[None, :]
-    score[np.maximum(sa / sb, sb / sa) > MAX_SIZE_CHANGE] = 0.0
-    used: set[int] = set()
-    for flat in np.argsort(-score, axis=None, kind="stable"):
-        i, j = divmod(int(flat), score.shape[1])
-        if score[i, j] <= 0:
-            break
-        if out[i] is None and j not in used:
+    if len(dets) and len(boxes):
+        a = np.asarray(boxes, np.float64).reshape(-1, 4)
+        any_overlap = np.nextafter(0.0, 1.0)
+        for i, j in match_faces(a, dets.boxes.astype(np.float64), any_overlap, LOOK_BACK_REACH):
             out[i] = j
-            used.add(j)
     return out
 
 
