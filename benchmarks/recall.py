@@ -516,12 +516,18 @@ def timing(a) -> int:
     return 0
 
 
-def main() -> int:
+def parser(doc: str) -> argparse.ArgumentParser:
+    """The options every benchmark over the halves shares (this one and int8.py)."""
     ap = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument("--halves", default="/work/bench/halves", help="faces_tune/report.json")
     ap.add_argument("--work", default="/tmp/sanitizer-recall", help="derived sets, pass cache")
+    return ap
+
+
+def main() -> int:
+    ap = parser(__doc__)
     ap.add_argument("--variants", default="before,default")
     ap.add_argument("--sets", default=",".join(SETS))
     ap.add_argument("--json", default="")

@@ -123,8 +123,9 @@ def calibration_images() -> Iterator[np.ndarray]:
         yield _rgb(grid)
 
 
-def build_int8(fp32: bytes) -> bytes:
-    """Quantize the prepared fp32 CenterFace graph (dynamic dims) to QDQ int8."""
+def build_int8(fp32: bytes, reduce_range: bool = False) -> bytes:
+    """Quantize the prepared fp32 CenterFace graph (dynamic dims) to QDQ int8. `reduce_range`
+    (7-bit weights, exact on AVX2 too) is for benchmarks/int8.py only: RECIPE does not use it."""
     import onnx
     from onnx import version_converter
     from onnxruntime.quantization import (
@@ -161,6 +162,7 @@ def build_int8(fp32: bytes) -> bytes:
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
             calibrate_method=CalibrationMethod.MinMax,
+            reduce_range=reduce_range,
         )
         return Path(out).read_bytes()
 
