@@ -43,6 +43,9 @@ class Plan:
     )  # printable key -> source sha256 published
     erased: dict[str, str] = field(default_factory=dict)  # key -> skip reason (erase.py)
     previous_stat: dict[str, str] = field(default_factory=dict)  # printable key -> source_stat
+    # media the listing shows unchanged since their published output (`unchanged_by_listing`):
+    # their rows are written by the driver, no task reads them
+    unchanged: list[MediaItem] = field(default_factory=list)
 
     def counts(self) -> dict[str, int]:
         out = {"image": 0, "video": 0, "other": 0}
@@ -103,8 +106,16 @@ def plan(src_url: str, dst_url: str, cfg: Config, on_event: Event = _noop) -> Pl
     workers = cfg.execution.workers or os.cpu_count() or 1
     # compliance (issue 14): sources erased on request are not processed again (until --force)
     erased = erase.held_back(dst, items, cfg.execution.skip_unchanged)
+    previous, previous_stat = (
+        published_with_stat(dst, cfg.fingerprint()) if cfg.execution.skip_unchanged else ({}, {})
+    )
+    media = [i for i in items if i.kind != "other" and i.key not in erased]
+    unchanged = (
+        [] if cfg.execution.verify_hashes else unchanged_by_listing(dst, media, previous_stat)
+    )
+    settled = {i.key for i in unchanged}
     shards = shard(
-        [i for i in items if i.kind != "other" and i.key not in erased],
+        [i for i in media if i.key not in settled],
         workers,
         cfg.execution.shard_bytes,
         cfg.execution.shard_files,
@@ -113,9 +124,6 @@ def plan(src_url: str, dst_url: str, cfg: Config, on_event: Event = _noop) -> Pl
         # an embedded cluster spawns no worker that would get no task (a worker costs ~0.4 s
         # of CPU to start: on a one-video run that is CPU the video itself needs)
         workers = max(1, min(workers, len(shards)))
-    previous, previous_stat = (
-        published_with_stat(dst, cfg.fingerprint()) if cfg.execution.skip_unchanged else ({}, {})
-    )
     return Plan(
         new_run_id(),
         src,
@@ -127,7 +135,22 @@ def plan(src_url: str, dst_url: str, cfg: Config, on_event: Event = _noop) -> Pl
         previous,
         previous_stat=previous_stat,
         erased=erased,
+        unchanged=unchanged,
     )
+
+
+def unchanged_by_listing(
+    dst: storage.Location, media: list[MediaItem], previous_stat: dict[str, str]
+) -> list[MediaItem]:
+    """The media whose size and mtime (or ETag), as SRC's listing gives them, are those
+    recorded with an output still at DST under this config: unchanged, known without a request
+    per file (DST is listed once). A nightly run over an unchanged bucket so starts no task.
+    The workers make the same check for the rest (`process._skip_if_same_stat`)."""
+    seen = [i for i in media if i.stat and previous_stat.get(storage.printable(i.key)) == i.stat]
+    if not seen:
+        return []
+    present = storage.existing_keys(dst, [i.key for i in seen])
+    return [i for i in seen if i.key in present]
 
 
 def run_job(src_url: str, dst_url: str, config=None, on_event: Event | None = None) -> Summary:
@@ -219,7 +242,7 @@ def _run_held(
 ) -> None:
     from sanitizer import execute, interrupts
     from sanitizer.commit import promote_detection_parts, publish
-    from sanitizer.process import Context, failure, process_item
+    from sanitizer.process import Context, failure, process_item, unchanged_row
 
     audit.write_part(p.dst, "manifest", p.run_id, manifest.to_parquet_table(p.items))
 
@@ -252,6 +275,11 @@ def _run_held(
         record([process_item(i, ctx) for i in others], f"{p.run_id}-skipped")
     if p.erased:  # compliance (issue 14): a `skipped: erased on ...` row per erased source
         record(erase.skipped_rows(p.items, p.erased, ctx), f"{p.run_id}-erased")
+    if p.unchanged:
+        rows = [
+            (unchanged_row(i, ctx, p.previous[storage.printable(i.key)]), []) for i in p.unchanged
+        ]
+        record(rows, f"{p.run_id}-unchanged")
     total = sum(len(s) for s in p.shards)
     on_event("start", total=total, workers=p.workers, shards=len(p.shards), scheduler=p.scheduler)
     done = parts = 0

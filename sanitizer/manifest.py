@@ -134,7 +134,7 @@ def build(
                 digest = storage.sha256_of(src, key) if with_hash else ""
             except StorageError:
                 kind, fmt, digest = "other", "", ""
-            item = MediaItem(key, src.uri(key), kind, fmt, size, digest)
+            item = MediaItem(key, src.uri(key), kind, fmt, size, digest, stat=entry.stat)
         if on_item:
             on_item(item)
         return item

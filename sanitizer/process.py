@@ -162,6 +162,19 @@ def file_result(ctx: Context, item: MediaItem, **kw) -> FileResult:
     )
 
 
+UNCHANGED = "unchanged: already published with the same source and config"
+
+
+def unchanged_row(item: MediaItem, ctx: Context, source_sha256: str) -> dict[str, Any]:
+    """The row of a source the driver found unchanged from SRC's listing
+    (`job.unchanged_by_listing`): the row `process_item` writes for it, without reading it."""
+    now = time.time()
+    res = file_result(ctx, item, status="skipped", error=UNCHANGED, started=now, finished=now)
+    res.source_sha256, res.source_stat = source_sha256, item.stat
+    res.output_uri = ctx.dst.uri(item.key)
+    return res.to_row()
+
+
 def _one_line(exc: BaseException) -> str:
     text = " ".join(str(exc).split()) or type(exc).__name__
     return text[:500]
@@ -211,11 +224,7 @@ def process_item(item: MediaItem, ctx: Context) -> tuple[dict[str, Any], list[di
         else:
             res.error = f"unknown kind {item.kind!r}"
     except _Unchanged:
-        res.status, res.error, dets = (
-            "skipped",
-            "unchanged: already published with the same source and config",
-            [],
-        )
+        res.status, res.error, dets = "skipped", UNCHANGED, []
         res.output_uri = ctx.dst.uri(item.key)
     except _OtherKind as other:  # e.g. a text file named .jpg, an MP4 named .jpg: go by the bytes
         return process_item(dataclasses.replace(item, kind=other.kind, format=other.format), ctx)

@@ -23,6 +23,7 @@ class MediaItem:
     sha256: str
     skip: str = ""  # why the entry is only recorded, as `skipped` (a link, FIFO, hidden file...)
     refuse: str = ""  # why the file is refused, recorded as `failed` (an unsafe or reserved name)
+    stat: str = ""  # size and mtime (local) or ETag (S3) from the listing (storage.stat_token)
 
 
 @dataclass(slots=True)

@@ -216,7 +216,7 @@ def is_inside(inner: Location, outer: Location) -> bool:
 
 def walk(loc: Location, include_hidden: bool = False) -> Iterator[tuple[str, int]]:
     """Yield (key, size) of every file under the root, sorted by key."""
-    for key, size, kind in _listing(loc):
+    for key, size, kind, _ in _listing(loc):
         if kind != "file":
             continue
         if not include_hidden and any(p.startswith(".") for p in key.split("/")):
@@ -233,6 +233,7 @@ class Entry:
     size: int
     skip: str = ""
     fail: str = ""  # why an entry that may hold media cannot be read (e.g. an unlistable folder)
+    stat: str = ""  # its `stat_token`, from the listing itself
 
 
 HIDDEN_SKIP = "hidden (input.include_hidden is false)"
@@ -249,7 +250,7 @@ def entries(loc: Location, include_hidden: bool = False) -> Iterator[Entry]:
             raise StorageError(f"{loc.url}: is a file; give the folder that holds it")
         yield from sorted(_local_entries(loc.root, "", include_hidden, False), key=_sort_key)
         return
-    for key, size, kind in _listing(loc):
+    for key, size, kind, token in _listing(loc):
         hidden = any(p.startswith(".") for p in key.split("/"))
         if hidden and not include_hidden:
             yield Entry(key, size, HIDDEN_SKIP)
@@ -258,7 +259,7 @@ def entries(loc: Location, include_hidden: bool = False) -> Iterator[Entry]:
         elif size == 0:
             yield Entry(key, 0, "empty file")
         else:
-            yield Entry(key, size)
+            yield Entry(key, size, stat=token)
 
 
 def _sort_key(entry: Entry) -> bytes:
@@ -305,11 +306,14 @@ def _local_entries(root: str, rel: str, include_hidden: bool, in_hidden: bool) -
             reason = "empty file"
         else:
             reason = ""
-        yield Entry(key, int(st.st_size), reason)
+        # the token fsspec's LocalFileSystem.info gives (os.stat without following links)
+        token = "" if reason else _token({"size": st.st_size, "mtime": st.st_mtime})
+        yield Entry(key, int(st.st_size), reason, stat=token)
 
 
-def _listing(loc: Location) -> list[tuple[str, int, str]]:
-    """(key, size, type) of every object under the root, through fsspec, sorted by key."""
+def _listing(loc: Location) -> list[tuple[str, int, str, str]]:
+    """(key, size, type, stat token) of every object under the root, through fsspec, sorted
+    by key."""
     fs = loc.fs
     try:
         fs.invalidate_cache()  # a cached filesystem instance must not answer from an old listing
@@ -331,7 +335,7 @@ def _listing(loc: Location) -> list[tuple[str, int, str]]:
             continue
         key = path[len(prefix) :] if path.startswith(prefix) else posixpath.basename(path)
         if key:
-            out.append((key, int(info.get("size") or 0), kind))
+            out.append((key, int(info.get("size") or 0), kind, _token(info)))
     return out
 
 
@@ -342,6 +346,11 @@ def stat_token(loc: Location, key: str) -> str:
         info = retrying(lambda: loc.fs.info(loc.path(key)))
     except _io_errors():
         return ""
+    return _token(info)
+
+
+def _token(info: dict[str, Any]) -> str:
+    """`stat_token` of an fsspec info dict (from `info` or from a listing: the same fields)."""
     size = info.get("size")
     tag = info.get("ETag") or info.get("etag") or info.get("mtime") or info.get("LastModified")
     return f"{size}:{tag}" if size is not None and tag else ""
@@ -454,6 +463,18 @@ def exists(loc: Location, key: str) -> bool:
         return bool(loc.fs.exists(loc.path(key)))
     except _io_errors():
         return False
+
+
+def existing_keys(loc: Location, keys: list[str]) -> set[str]:
+    """Which of `keys` exist at `loc`: from one listing on an object store (not a request per
+    key), a stat per key on a local disk."""
+    if loc.is_local or len(keys) <= 1:
+        return {k for k in keys if exists(loc, k)}
+    try:
+        listed = {key for key, _ in walk(loc, include_hidden=True)}
+    except StorageError:  # e.g. no DST yet
+        return {k for k in keys if exists(loc, k)}
+    return listed.intersection(keys)
 
 
 def makedirs(loc: Location, key: str = "") -> None:

@@ -13,7 +13,7 @@ import pytest
 from sanitizer import audit, commit, storage
 from sanitizer.config import Config, from_dict
 from sanitizer.errors import LeaseHeld
-from sanitizer.process import Context, process_item
+from sanitizer.process import Context, process_item, unchanged_row
 from sanitizer.records import MediaItem
 from tests.conftest import astronaut, check_invariant, jpeg_bytes
 from tests.test_image import FixedDetector
@@ -309,6 +309,44 @@ def test_unchanged_source_is_not_read_again_when_its_stat_matches(locs, monkeypa
     ctx.cfg = from_dict({"execution": {"verify_hashes": True}})
     verified, _ = process_item(_item(src, "a.jpg"), ctx)
     assert "the source was read" in verified["error"]
+
+
+def test_unchanged_sources_are_settled_from_the_listing_without_a_task(locs):
+    """A nightly run over an unchanged SRC: the listing's size and mtime equal those the workers
+    recorded, so the driver writes the `unchanged` rows itself (no task reads the files); a
+    touched source or a removed output goes to the workers again."""
+    from sanitizer import job, manifest
+
+    src, dst = locs
+    for i in range(3):
+        storage.put_bytes(src, f"{i}.jpg", jpeg_bytes(astronaut()[i:].copy()))
+    items = manifest.build(src, with_hash=False, trust_extensions=True)
+    rows = [process_item(item, _ctx("r1", src, dst))[0] for item in items]
+    audit.write_part(dst, "files", "r1-000001", rows)
+    commit.publish(dst, "r1", rows)
+    assert [i.stat for i in items] == [r["source_stat"] for r in rows] and all(
+        i.stat for i in items
+    )
+    sha, stat = job.published_with_stat(dst, Config().fingerprint())
+    assert job.unchanged_by_listing(dst, items, stat) == items
+    # the driver's row is the worker's
+    ctx = _ctx("r2", src, dst)
+    ctx.previous, ctx.previous_stat = sha, stat
+    by_worker = process_item(items[0], ctx)[0]
+    by_driver = unchanged_row(items[0], ctx, sha["0.jpg"])
+    same = ("status", "error", "source_sha256", "source_stat", "output_uri", "config_fingerprint")
+    assert {k: by_driver[k] for k in same} == {k: by_worker[k] for k in same}
+    # a touched source, a removed output: not settled by the listing
+    os.utime(src.path("1.jpg"), (1_000_000, 1_000_000))
+    storage.remove(dst, "2.jpg")
+    again = manifest.build(src, with_hash=False, trust_extensions=True)
+    assert [i.key for i in job.unchanged_by_listing(dst, again, stat)] == ["0.jpg"]
+    # --verify-hashes leaves every file to the workers
+    cfg = from_dict({"execution": {"verify_hashes": True}})
+    assert job.plan(src.url, dst.url, cfg).unchanged == []
+    plan = job.plan(src.url, dst.url, Config())
+    assert [i.key for i in plan.unchanged] == ["0.jpg"]
+    assert sorted(i.key for s in plan.shards for i in s) == ["1.jpg", "2.jpg"]
 
 
 def test_compact_merges_parts_and_the_index_answers_the_unchanged_check(locs):

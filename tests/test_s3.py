@@ -137,6 +137,14 @@ def test_s3_to_s3_with_aws_environment(s3_server: S3Server, bucket: str) -> None
     last = files[files.run_id == files.run_id.max()].set_index("key")
     assert all(last.loc[k, "error"].startswith("unchanged") for k in MEDIA)
     assert {k: fs.cat(f"{bucket}/out/{k}") for k in MEDIA} == published
+    # settled by the driver from the listing's ETags (one listing of DST, no task, no HEAD per
+    # file): their rows are in the driver's part, with the ETag the workers recorded
+    part = f"{dst}/_audit/files/{files.run_id.max()}-unchanged.parquet"
+    settled = pd.read_parquet(part, storage_options=s3_server.storage_options)
+    assert sorted(settled.key) == sorted(MEDIA)
+    assert settled.set_index("key").source_stat.to_dict() == {
+        k: files[(files.key == k) & (files.status == "ok")].source_stat.iloc[0] for k in MEDIA
+    }
 
 
 def test_local_to_s3_with_config_credentials(
