@@ -219,8 +219,13 @@ def _latest(tbl: pa.Table) -> pa.Table:
 
 
 def index_rows(dst: storage.Location) -> pd.DataFrame:
-    """The unchanged check's input: the compact index (if `compact` wrote one) plus the files
-    parts written since; only those parts are read, not the whole history."""
+    """The unchanged check's input: the index plus the files parts written since; only those
+    parts are read, not the whole history."""
+    return _index_table(dst, live_parts(dst, "files")).to_pandas()
+
+
+def _index_table(dst: storage.Location, files: list[str]) -> pa.Table:
+    """The index (if there is one) merged with those of the `files` parts it does not cover."""
     import json
 
     covered: set[str] = set()
@@ -231,13 +236,27 @@ def index_rows(dst: storage.Location) -> pd.DataFrame:
         covered = set(json.loads((idx.schema.metadata or {}).get(_COVERS, b"[]")))
         tables.append(idx.replace_schema_metadata(None))
     schema = pa.schema([FILES_SCHEMA.field(c) for c in INDEX_COLUMNS])
-    for key in live_parts(dst, "files"):
+    for key in files:
         if key not in covered:
             tables.append(_read_part(dst, key, schema))
     tables = [t.cast(schema) for t in tables]
-    if not tables:
-        return _latest(FILES_SCHEMA.empty_table()).to_pandas()
-    return _latest(pa.concat_tables(tables)).to_pandas()
+    return _latest(pa.concat_tables(tables) if tables else FILES_SCHEMA.empty_table())
+
+
+def refresh_index(dst: storage.Location) -> int:
+    """Rewrite the index of the unchanged check (`INDEX_KEY`: the latest `ok` and `failed` row
+    per key) from itself and the `files` parts it does not cover yet, and make it cover them all.
+    Every run calls it at its end and `compact` after merging, both holding the DST's lease, so
+    a run reads one index file and no part, however many runs came since a compaction.
+    Returns the index's rows."""
+    import json
+
+    files = live_parts(dst, "files")  # listed before reading: it covers only what it read
+    idx = _index_table(dst, files).replace_schema_metadata({_COVERS: json.dumps(files).encode()})
+    buf = io.BytesIO()
+    pq.write_table(idx, buf, compression="zstd")
+    storage.put_bytes(dst, INDEX_KEY, buf.getvalue())
+    return idx.num_rows
 
 
 def compact(dst: storage.Location) -> dict[str, tuple[int, int]]:
@@ -271,11 +290,5 @@ def compact(dst: storage.Location) -> dict[str, tuple[int, int]]:
         for key in keys:
             storage.remove(dst, key)
         out[table] = (len(keys), tbl.num_rows)
-    files = live_parts(dst, "files")
-    tables = [_latest(_read_part(dst, k, FILES_SCHEMA)) for k in files]
-    idx = _latest(pa.concat_tables(tables)) if tables else _latest(FILES_SCHEMA.empty_table())
-    idx = idx.replace_schema_metadata({_COVERS: json.dumps(files).encode()})
-    buf = io.BytesIO()
-    pq.write_table(idx, buf, compression="zstd")
-    storage.put_bytes(dst, INDEX_KEY, buf.getvalue())
+    refresh_index(dst)
     return out

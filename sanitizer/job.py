@@ -233,6 +233,11 @@ def run(p: Plan, cfg: Config, on_event: Event = _noop) -> Summary:
             with contextlib.suppress(StorageError):  # the original error is the one to report
                 # staged outputs whose rows are committed are promoted, the rest deleted
                 settle(p.dst, p.run_id, dead=not completed)
+            if completed:
+                # the next run's unchanged check reads one index file, not this run's parts
+                # (a run that cannot write it, or that was stopped, leaves it to the next one)
+                with contextlib.suppress(StorageError):
+                    audit.refresh_index(p.dst)
     finally:
         lease.release()
 

@@ -422,7 +422,9 @@ def test_outputs_only_for_ok_rows_and_nothing_in_the_audit(hostile):
         "detections",
         "runs",
         "manifest",
+        "index",  # the unchanged check's (audit.refresh_index)
     }
+    assert [p.name for p in (dst / "_audit" / "index").iterdir()] == ["latest.parquet"]
     assert not (dst / "_sanitizer.lease").exists()
 
 

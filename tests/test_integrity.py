@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import time
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 
 from sanitizer import audit, commit, storage
@@ -347,6 +349,33 @@ def test_unchanged_sources_are_settled_from_the_listing_without_a_task(locs):
     plan = job.plan(src.url, dst.url, Config())
     assert [i.key for i in plan.unchanged] == ["0.jpg"]
     assert sorted(i.key for s in plan.shards for i in s) == ["1.jpg", "2.jpg"]
+
+
+def test_every_run_leaves_an_index_that_covers_its_parts(locs, monkeypatch):
+    """The next run's unchanged check reads the index only, however many runs came since a
+    compaction (the Python API, a real cluster for the first run, none for the second)."""
+    import sanitizer
+    from sanitizer import job
+
+    src, dst = locs
+    for i in range(2):
+        storage.put_bytes(src, f"{i}.jpg", jpeg_bytes(astronaut()[::4, ::4][i:].copy()))
+    cfg = {"execution": {"workers": 1}, "redact": {"method": "solid"}}
+    for expect in ("ok", "skipped"):
+        summary = sanitizer.run(src.url, dst.url, cfg)
+        assert (summary.n_ok, summary.n_skipped) == ((2, 0) if expect == "ok" else (0, 2))
+        index = audit._index_table(dst, [])  # the index alone, no part
+        assert set(index.to_pandas().key) == {"0.jpg", "1.jpg"}
+        with storage.open_file(dst, audit.INDEX_KEY) as f:
+            covers = pq.read_schema(f).metadata[audit._COVERS]
+        assert json.loads(covers) == audit.live_parts(dst, "files")
+
+    def no_part(*a, **kw):
+        raise AssertionError("a files part was read")
+
+    monkeypatch.setattr(audit, "_read_part", no_part)
+    fp = from_dict({"redact": {"method": "solid"}}).fingerprint()
+    assert set(job.published(dst, fp)) == {"0.jpg", "1.jpg"}
 
 
 def test_compact_merges_parts_and_the_index_answers_the_unchanged_check(locs):
