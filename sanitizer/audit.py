@@ -208,11 +208,21 @@ def _merged_by(dst: storage.Location, key: str) -> list[str]:
     return json.loads(meta.get(_MERGED, b"[]"))
 
 
+# status, in the index, of a `skipped` row whose source was found unchanged (process.UNCHANGED)
+INDEX_UNCHANGED = "unchanged"
+
+
 def _latest(tbl: pa.Table) -> pa.Table:
-    """Per key: the latest `ok` row and the latest `failed` row (what the unchanged check
-    needs), columns INDEX_COLUMNS."""
-    df = tbl.select(list(INDEX_COLUMNS)).to_pandas()
-    df = df[df.status.isin(["ok", "failed"])]
+    """Per key: the latest `ok`, `failed` and `unchanged` row (what the unchanged check needs),
+    columns INDEX_COLUMNS. `tbl` has those columns; a `files` part also has `error`, which tells
+    an unchanged source's `skipped` row (its `source_stat` renews the stat of the bytes that
+    were published) from the other skips."""
+    df = tbl.select([c for c in (*INDEX_COLUMNS, "error") if c in tbl.column_names]).to_pandas()
+    if "error" in df:
+        seen = (df.status == "skipped") & df.error.fillna("").str.startswith("unchanged")
+        df.loc[seen, "status"] = INDEX_UNCHANGED
+        df = df.drop(columns="error")
+    df = df[df.status.isin(["ok", "failed", INDEX_UNCHANGED])]
     df = df.sort_values("finished").groupby(["key", "status"]).tail(1)
     schema = pa.schema([FILES_SCHEMA.field(c) for c in INDEX_COLUMNS])
     return pa.Table.from_pandas(df.reset_index(drop=True), schema=schema, preserve_index=False)
@@ -236,9 +246,10 @@ def _index_table(dst: storage.Location, files: list[str]) -> pa.Table:
         covered = set(json.loads((idx.schema.metadata or {}).get(_COVERS, b"[]")))
         tables.append(idx.replace_schema_metadata(None))
     schema = pa.schema([FILES_SCHEMA.field(c) for c in INDEX_COLUMNS])
+    part_schema = pa.schema([*schema, FILES_SCHEMA.field("error")])
     for key in files:
         if key not in covered:
-            tables.append(_read_part(dst, key, schema))
+            tables.append(_latest(_read_part(dst, key, part_schema)))
     tables = [t.cast(schema) for t in tables]
     return _latest(pa.concat_tables(tables) if tables else FILES_SCHEMA.empty_table())
 

@@ -188,6 +188,19 @@ def published_with_stat(
     failed = rows.loc[rows.status == "failed", ["key", "finished"]]
     m = ok.merge(failed.rename(columns={"finished": "failed_at"}), on="key", how="left")
     m = m[(m.config_fingerprint == fingerprint) & ~(m.failed_at > m.finished)]
+    # a source touched since (new mtime, the same bytes: hashed and found unchanged by a later
+    # run) is known by the stat that run saw, so it is not hashed again every night
+    seen = rows.loc[
+        (rows.status == audit.INDEX_UNCHANGED) & (rows.config_fingerprint == fingerprint),
+        ["key", "source_sha256", "source_stat", "finished"],
+    ].rename(
+        columns={"source_sha256": "seen_sha", "source_stat": "seen_stat", "finished": "seen_at"}
+    )
+    m = m.merge(seen, on="key", how="left")
+    renew = (
+        (m.seen_at > m.finished) & (m.seen_sha == m.source_sha256) & (m.seen_stat.fillna("") != "")
+    )
+    m.loc[renew, "source_stat"] = m.loc[renew, "seen_stat"]
     sha = dict(zip(m.key, m.source_sha256, strict=True))
     with_stat = m[m.source_stat.notna() & (m.source_stat != "")]
     return sha, dict(zip(with_stat.key, with_stat.source_stat, strict=True))

@@ -349,6 +349,20 @@ def test_unchanged_sources_are_settled_from_the_listing_without_a_task(locs):
     plan = job.plan(src.url, dst.url, Config())
     assert [i.key for i in plan.unchanged] == ["0.jpg"]
     assert sorted(i.key for s in plan.shards for i in s) == ["1.jpg", "2.jpg"]
+    # the touched source is hashed once by a worker and found the same: the stat that worker
+    # saw renews the recorded one, so the next run settles it from the listing too
+    ctx = _ctx("r3", src, dst)
+    ctx.previous, ctx.previous_stat = sha, stat
+    touched = next(i for i in again if i.key == "1.jpg")
+    row = process_item(touched, ctx)[0]
+    assert row["error"].startswith("unchanged") and row["source_stat"] == touched.stat
+    assert touched.stat != stat["1.jpg"]
+    audit.write_part(dst, "files", "r3-000001", [row])
+    _, renewed = job.published_with_stat(dst, Config().fingerprint())
+    assert renewed == stat | {"1.jpg": touched.stat}
+    assert [i.key for i in job.unchanged_by_listing(dst, again, renewed)] == ["0.jpg", "1.jpg"]
+    audit.refresh_index(dst)  # the same from the index alone
+    assert job.published_with_stat(dst, Config().fingerprint())[1] == renewed
 
 
 def test_every_run_leaves_an_index_that_covers_its_parts(locs, monkeypatch):
