@@ -177,13 +177,23 @@ def _print_plan(plan) -> None:
         f"run {plan.run_id}: {len(plan.items)} files under {plan.src.url} "
         f"({counts['image']} images, {counts['video']} videos, {counts['other']} other; {size / 1e6:.1f} MB)"
     )
-    where = plan.scheduler or f"an embedded Dask LocalCluster of {_count(plan.workers, 'worker')}"
-    out.print(f"  {_count(len(plan.shards), 'task')} on {where}")
+    if plan.shards:
+        where = plan.scheduler or (
+            f"an embedded Dask LocalCluster of {_count(plan.workers, 'worker')}"
+        )
+        out.print(f"  {_count(len(plan.shards), 'task')} on {where}")
+    else:
+        out.print("  nothing to process: no task, no cluster")
     out.print(f"  outputs → {plan.dst.url}   audit → {plan.dst.uri('_audit')}")
     if plan.previous:
         out.print(
             f"  {len(plan.previous)} files were published by earlier runs with this config; "
             "unchanged ones are skipped (--force to redo)"
+        )
+    if plan.unchanged:
+        out.print(
+            f"  unchanged since then by SRC's listing (size and mtime or ETag): "
+            f"{_count(len(plan.unchanged), 'file')}, not read again"
         )
     if plan.erased:  # compliance (issue 14)
         out.print(

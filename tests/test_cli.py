@@ -203,6 +203,11 @@ def test_nightly_rerun_skips_unchanged(tmp_path):
     assert "2 ok" in proc.stdout
     proc = run_cli("run", str(src), str(dst), "--workers", "1", "--method", "solid")
     assert "2 ok" in proc.stdout, "another redaction config is not 'unchanged'"
+    proc = run_cli("run", str(src), str(dst), "--workers", "1", "--method", "solid")
+    assert proc.returncode == 0 and "2 unchanged" in proc.stdout, proc.stdout
+    # settled from the listing: no task, no cluster, and the plan says so
+    assert "nothing to process: no task, no cluster" in proc.stdout
+    assert "unchanged since then by SRC's listing (size and mtime or ETag): 2 files" in proc.stdout
 
 
 def test_worker_crash_fails_only_that_file(tmp_path):
