@@ -21,6 +21,7 @@ from sanitizer.records import (
     MANIFEST_SCHEMA,
     REVIEWS_SCHEMA,
     RUNS_SCHEMA,
+    UNCHANGED,
     VERIFY_SCHEMA,
     to_table,
 )
@@ -208,7 +209,7 @@ def _merged_by(dst: storage.Location, key: str) -> list[str]:
     return json.loads(meta.get(_MERGED, b"[]"))
 
 
-# status, in the index, of a `skipped` row whose source was found unchanged (process.UNCHANGED)
+# status, in the index, of a `skipped` row whose source was found unchanged (records.UNCHANGED)
 INDEX_UNCHANGED = "unchanged"
 
 
@@ -219,7 +220,7 @@ def _latest(tbl: pa.Table) -> pa.Table:
     were published) from the other skips."""
     df = tbl.select([c for c in (*INDEX_COLUMNS, "error") if c in tbl.column_names]).to_pandas()
     if "error" in df:
-        seen = (df.status == "skipped") & df.error.fillna("").str.startswith("unchanged")
+        seen = (df.status == "skipped") & (df.error == UNCHANGED)
         df.loc[seen, "status"] = INDEX_UNCHANGED
         df = df.drop(columns="error")
     df = df[df.status.isin(["ok", "failed", INDEX_UNCHANGED])]

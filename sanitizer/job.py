@@ -20,7 +20,7 @@ from sanitizer import __version__, audit, erase, manifest, storage
 from sanitizer import record as record_of_processing
 from sanitizer.config import Config
 from sanitizer.errors import RunError, StorageError
-from sanitizer.records import MediaItem, RunRecord
+from sanitizer.records import UNCHANGED, MediaItem, RunRecord
 
 Event = Callable[..., None]
 
@@ -284,7 +284,7 @@ def _run_held(
                 summary.failures.append((r["key"], r["error"]))
             else:
                 summary.n_skipped += 1
-                summary.n_unchanged += r["error"].startswith("unchanged")
+                summary.n_unchanged += r["error"] == UNCHANGED
 
     # non-media files: skipped rows, written by the driver (nothing to compute)
     ctx = Context.create(p.run_id, cfg, detector, p.src, p.dst)

@@ -24,7 +24,7 @@ from sanitizer import audit, phash, storage
 from sanitizer.config import Config
 from sanitizer.errors import DecodeError, SanitizerError, StorageError
 from sanitizer.manifest import HEAD_BYTES, sniff
-from sanitizer.records import Detections, FileResult, MediaItem
+from sanitizer.records import UNCHANGED, Detections, FileResult, MediaItem
 from sanitizer.redact import RedactParams, params_from_config
 
 
@@ -160,9 +160,6 @@ def file_result(ctx: Context, item: MediaItem, **kw) -> FileResult:
         raw_key=storage.raw_key(item.key),
         **kw,
     )
-
-
-UNCHANGED = "unchanged: already published with the same source and config"
 
 
 def unchanged_row(item: MediaItem, ctx: Context, source_sha256: str) -> dict[str, Any]:

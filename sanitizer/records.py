@@ -9,6 +9,8 @@ import numpy as np
 import pyarrow as pa
 
 SCHEMA_VERSION = 1
+# `error` of the `skipped` row of a source already published with the same bytes and config
+UNCHANGED = "unchanged: already published with the same source and config"
 
 
 @dataclass(slots=True, frozen=True)
