@@ -65,6 +65,27 @@ def test_int8_finds_the_faces_fp32_finds(int8_on):
         assert (iou_matrix(strong_b.boxes, a.boxes).max(1) >= 0.6).all()
 
 
+def test_threads_share_one_arena_and_find_what_one_thread_finds():
+    """Video scans on two threads, each with its own session over one shared arena (memory):
+    running them at once on pictures of different sizes changes no detection."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    det = shipped()
+    scenes = _scenes() * 3
+    alone = [det.detect(image) for image in scenes]
+    with ThreadPoolExecutor(2) as pool:
+        forward = pool.submit(lambda: [det.detect(image) for image in scenes])
+        backward = pool.submit(lambda: [det.detect(image) for image in scenes[::-1]][::-1])
+        together = [forward.result(), backward.result()]
+    for dets in together:
+        for a, b in zip(alone, dets, strict=True):
+            np.testing.assert_allclose(a.boxes, b.boxes, atol=1e-3)
+            np.testing.assert_allclose(a.scores, b.scores, atol=1e-5)
+    options = det.model._session().get_session_options()
+    assert options.get_session_config_entry("session.use_env_allocators") == "1"
+    assert not options.enable_mem_pattern
+
+
 def test_int8_model_cached_once(tmp_path, monkeypatch):
     monkeypatch.setenv("SANITIZER_CACHE", str(tmp_path / "cache"))
     calls = []

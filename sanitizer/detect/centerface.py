@@ -136,6 +136,15 @@ def int8_ready(path: str | None = None) -> bool:
 
 
 @cache
+def _register_shared_arena(ort) -> None:
+    """One CPU arena per process, shared by the sessions that opt in (default settings)."""
+    info = ort.OrtMemoryInfo(
+        "Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT
+    )
+    ort.create_and_register_allocator(info, ort.OrtArenaCfg(0, -1, -1, -1))
+
+
+@cache
 def _session(path: str, precision: str, threads: int, thread_key: int):
     """One inference session per (process, thread): loaded once, reused by every file."""
     import onnxruntime as ort
@@ -145,6 +154,12 @@ def _session(path: str, precision: str, threads: int, thread_key: int):
     opts.intra_op_num_threads = max(1, threads)
     opts.inter_op_num_threads = 1
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # Memory (BENCHMARKS.md, Video, 2026-12-07): a session sees many input shapes (video bands
+    # and track crops, photo scales), and a memory pattern planned per shape only grows the
+    # worker; the sessions of a process's threads share one arena instead of one each.
+    opts.enable_mem_pattern = False
+    _register_shared_arena(ort)
+    opts.add_session_config_entry("session.use_env_allocators", "1")
     opts.log_severity_level = 3
     try:
         return ort.InferenceSession(data, sess_options=opts, providers=["CPUExecutionProvider"])
