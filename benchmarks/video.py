@@ -16,7 +16,7 @@ With --gt (a pan_video.py ground-truth file), both tools run in solid mode (defa
 `--replacewith solid --boxes`, as in ../shared/tools/README.md) and the share of face-frames
 each one covers is scored with pan_video.py (--pan-tool), per face-size bucket (< 16, 16-32,
 32-64, >= 64 px, all). Clips are copied to a temporary folder, never into the repository.
-Prints fps, ratios and peak memory (RSS of the largest process of the run, from getrusage).
+Prints fps, ratios and peak memory (the high-water RSS of the largest process of the run).
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -82,8 +83,38 @@ def overrides(pairs: list[str]) -> dict:
     return out
 
 
-def peak_child_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+class PeakRSS:
+    """Peak RSS (MiB) of the largest process below this one while the block runs: each
+    descendant's high-water mark (VmHWM) polled every 0.2 s. getrusage's RUSAGE_CHILDREN is
+    not used: its maximum carries the largest process an ancestor shell ran before."""
+
+    def __init__(self) -> None:
+        self.mb = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+
+    def __enter__(self) -> PeakRSS:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _poll(self) -> None:
+        import psutil
+
+        me = psutil.Process()
+        while True:
+            for p in me.children(recursive=True):
+                try:
+                    with open(f"/proc/{p.pid}/status") as f:
+                        hwm = next(ln for ln in f if ln.startswith("VmHWM:"))
+                    self.mb = max(self.mb, int(hwm.split()[1]) / 1024)
+                except (OSError, StopIteration, ValueError):
+                    pass  # gone meanwhile
+            if self._stop.wait(0.2):
+                return
 
 
 def run_sanitizer(clip: Path, work: Path, cfg_overrides: dict, method: str, workers: int) -> dict:
@@ -110,7 +141,8 @@ def run_sanitizer(clip: Path, work: Path, cfg_overrides: dict, method: str, work
     ]
     ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     t = time.perf_counter()
-    r = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+    with PeakRSS() as peak:
+        r = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
     wall = time.perf_counter() - t
     ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = _cpu(ru0, ru1)
@@ -127,7 +159,7 @@ def run_sanitizer(clip: Path, work: Path, cfg_overrides: dict, method: str, work
         file_s=row.duration_ms / 1000,
         out=dst / clip.name,
         frames=int(row.frames),
-        rss_mb=peak_child_rss_mb(),
+        rss_mb=peak.mb,
         cores=cpu / wall,
         cpu=cpu,
     )
