@@ -459,8 +459,26 @@ def test_detect_threads_auto_follows_the_worker_cores(monkeypatch):
     assert detect_threads(VideoConfig(detect_threads=0), raw) == 2  # at most CROP_LAG
     assert detect_threads(VideoConfig(detect_threads=1), raw) == 1
     assert detect_threads(VideoConfig(detect_threads=0), other) == 1  # not known thread-safe
-    assert detect_threads(VideoConfig(detect_threads=0), raw, 3840 * 2160) == 1  # memory
-    assert detect_threads(VideoConfig(detect_threads=2), raw, 3840 * 2160) == 2
+    # above 1080p, memory: a second thread for an int8 network up to 4K only
+    assert detect_threads(VideoConfig(detect_threads=0), raw, 1920 * 1080) == 2
+    assert detect_threads(VideoConfig(detect_threads=0), raw, 3840 * 2160) == 1  # says nothing
+    fp32, int8 = FakeRawDetector(), FakeRawDetector()
+    fp32.precision, int8.precision = "fp32", "int8"
+    assert detect_threads(VideoConfig(), CenterFaceLooks(fp32), 3840 * 2160) == 1
+    assert detect_threads(VideoConfig(), CenterFaceLooks(int8), 3840 * 2160) == 2
+    assert detect_threads(VideoConfig(), CenterFaceLooks(int8), 7680 * 4320) == 1
+    assert detect_threads(VideoConfig(detect_threads=2), raw, 7680 * 4320) == 2
+
+
+def test_frames_above_1080p_keep_a_short_x264_look_ahead():
+    """Memory at 4K: x264 holds a few frames for its look-ahead, none for a threaded one."""
+    from sanitizer.media.video.pipeline import _video_options
+
+    codec, big = _video_options("mp4", VideoConfig(), 3840 * 2160)
+    assert codec == "libx264"
+    assert big["rc-lookahead"] == "5" and big["x264-params"] == "sync-lookahead=0"
+    _, hd = _video_options("mp4", VideoConfig(), 1920 * 1080)
+    assert "rc-lookahead" not in hd and "x264-params" not in hd
 
 
 def test_parallel_detection_threads_keep_frame_order(tmp_path):

@@ -49,6 +49,11 @@ class CenterFaceLooks:
     def __init__(self, detector) -> None:
         self.detector = detector
 
+    @property
+    def precision(self) -> str:
+        """The precision the network runs ("int8", "fp32"; "" when it does not say)."""
+        return getattr(self.detector, "precision", "")
+
     def look(self, image: np.ndarray) -> Detections:
         return self.detector.infer(image, self.detector.threshold)
 

@@ -117,9 +117,15 @@ def _muxer(container: str, out_path: str) -> tuple[str, str]:
 
 
 # x264's look-ahead holds this many frames above 1080p (its default for veryfast is 10): at 4K
-# each frame held costs ~25 MB with x264's own copies (BENCHMARKS.md, 2026-11-29)
+# each frame held costs ~25 MB with x264's own copies (BENCHMARKS.md, 2026-11-29); its
+# threaded look-ahead buffer (sync-lookahead) is turned off there too (2026-12-07)
 BIG_FRAME_LOOKAHEAD = 5
 BIG_FRAME = 1920 * 1088
+# Above 1080p a second detection thread is for int8 networks up to 4K only: on a 4K crowd of
+# 64 photos per frame a worker peaks at 1.30-1.34 GB with two int8 sessions, 1.51-1.52 GB
+# with two fp32 ones (1.46-1.48 GB with one); at 8K one thread takes it to 3 GB already.
+# (BENCHMARKS.md, Video, 2026-12-07)
+TWO_DETECT_THREADS_MAX = 4096 * 2160
 
 
 def _video_options(kind: str, vcfg, pixels: int = 0) -> tuple[str, dict[str, str]]:
@@ -134,6 +140,8 @@ def _video_options(kind: str, vcfg, pixels: int = 0) -> tuple[str, dict[str, str
     options = {"crf": str(vcfg.crf), "preset": vcfg.preset}
     if vcfg.codec == "libx264" and pixels > BIG_FRAME:
         options["rc-lookahead"] = str(BIG_FRAME_LOOKAHEAD)
+        # no threaded look-ahead buffer: the same bytes out, 40-100 MB less at 4K
+        options["x264-params"] = "sync-lookahead=0"
     return vcfg.codec, options
 
 
@@ -523,9 +531,9 @@ def _run(
 def detect_threads(vcfg, vdet, pixels: int = 0) -> int:
     """Detection threads for one file: `video.detect_threads`, or (0) the cores this worker has
     to itself ($SANITIZER_WORKER_CORES, which the embedded cluster sets; 1 when unset), but 1
-    for frames above 1080p (a second session and the frames it keeps in flight took a 4K
-    worker past 1.5 GB for 1.17x); at most MAX_DETECT_THREADS. Only detectors known to keep one
-    session per thread get more than 1."""
+    above 1080p unless an int8 network scans frames up to 4K (memory: TWO_DETECT_THREADS_MAX);
+    at most MAX_DETECT_THREADS. Only detectors known to keep one session per thread get more
+    than 1."""
     if not vdet.parallel_safe:
         return 1
     n = int(vcfg.detect_threads)
@@ -534,7 +542,8 @@ def detect_threads(vcfg, vdet, pixels: int = 0) -> int:
             n = int(os.environ.get(WORKER_CORES_ENV, "1"))
         except ValueError:
             n = 1
-        if pixels > BIG_FRAME:
+        int8 = getattr(vdet, "precision", "").startswith("int8")
+        if pixels > BIG_FRAME and not (int8 and pixels <= TWO_DETECT_THREADS_MAX):
             n = 1
     return max(1, min(MAX_DETECT_THREADS, n))
 
