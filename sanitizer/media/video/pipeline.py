@@ -122,8 +122,8 @@ def _muxer(container: str, out_path: str) -> tuple[str, str]:
 BIG_FRAME_LOOKAHEAD = 5
 BIG_FRAME = 1920 * 1088
 # Above 1080p a second detection thread is for int8 networks up to 4K only: on a 4K crowd of
-# 64 photos per frame a worker peaks at 1.30-1.34 GB with two int8 sessions, 1.51-1.52 GB
-# with two fp32 ones (1.46-1.48 GB with one); at 8K one thread takes it to 3 GB already.
+# 64 photos per frame a worker peaks at 1.28-1.34 GB with two int8 sessions, 1.51-1.52 GB
+# with two fp32 ones (1.29-1.31 GB with one); at 8K one thread takes it to 3 GB already.
 # (BENCHMARKS.md, Video, 2026-12-07)
 TWO_DETECT_THREADS_MAX = 4096 * 2160
 
