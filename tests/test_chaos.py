@@ -98,7 +98,10 @@ def _chaos(src: str, dst: str, loc: storage.Location, env: dict[str, str], trial
     actions = rng.sample(ACTIONS, len(ACTIONS))  # every kind of interruption, in a seeded order
     for i in range(trials):
         done.append(_trial(rng, actions[i % len(actions)], src, dst, env, force=i % 2 == 0))
-        check_invariant(loc, allow_staged=True)
+        try:
+            check_invariant(loc, allow_staged=True)
+        except AssertionError as exc:
+            raise AssertionError(f"after {done}: {exc}") from None
         assert _outputs(loc) == expected, f"an earlier output was lost after {done}"
     final = run_cli("run", src, dst, "--workers", "2", env=env, timeout=300)
     assert final.returncode == 0, f"{done}: {final.stderr}"

@@ -56,6 +56,29 @@ def test_outputs_are_staged_and_published_only_after_their_rows(locs):
     check_invariant(dst)
 
 
+def test_a_rerun_killed_between_its_row_and_its_promotion_is_rolled_forward(locs):
+    """The state a SIGKILL of the driver can leave (tests/test_chaos.py): a forced rerun's row
+    is committed, the earlier output is still at the key, the new one in the dead run's
+    staging area. It counts as consistent until the next run rolls it forward."""
+    src, dst = locs
+    storage.put_bytes(src, "a.jpg", jpeg_bytes(astronaut()))
+    first, _ = process_item(_item(src, "a.jpg"), _ctx("r1", src, dst))
+    audit.write_part(dst, "files", "r1-000001", [first])
+    assert commit.publish(dst, "r1", [first]) == []
+    check_invariant(dst)
+    forced = from_dict({"execution": {"skip_unchanged": False}, "redact": {"method": "solid"}})
+    again, _ = process_item(_item(src, "a.jpg"), _ctx("r2", src, dst, forced))
+    assert again["status"] == "ok" and again["output_sha256"] != first["output_sha256"]
+    audit.write_part(dst, "files", "r2-000001", [again])  # committed; the driver dies here
+    assert storage.sha256_of(dst, "a.jpg") == first["output_sha256"]
+    check_invariant(dst, allow_staged=True)
+    with pytest.raises(AssertionError, match="left in staging"):
+        check_invariant(dst)
+    assert commit.settle(dst, "r2") == (1, 0)
+    assert storage.sha256_of(dst, "a.jpg") == again["output_sha256"]
+    check_invariant(dst)
+
+
 def test_a_staged_output_with_other_bytes_than_its_row_is_not_promoted(locs):
     src, dst = locs
     storage.put_bytes(src, "a.jpg", jpeg_bytes(astronaut()))
