@@ -470,15 +470,26 @@ def test_detect_threads_auto_follows_the_worker_cores(monkeypatch):
     assert detect_threads(VideoConfig(detect_threads=2), raw, 7680 * 4320) == 2
 
 
-def test_frames_above_1080p_keep_a_short_x264_look_ahead():
-    """Memory at 4K: x264 holds a few frames for its look-ahead, none for a threaded one."""
+def test_frames_above_1080p_keep_a_short_x264_look_ahead_and_sliced_threads():
+    """Memory at 4K: x264 holds a few frames for its look-ahead, and its threads share each
+    frame instead of holding one each."""
     from sanitizer.media.video.pipeline import _video_options
 
     codec, big = _video_options("mp4", VideoConfig(), 3840 * 2160)
     assert codec == "libx264"
-    assert big["rc-lookahead"] == "5" and big["x264-params"] == "sync-lookahead=0"
+    assert big["rc-lookahead"] == "5" and big["x264-params"] == "sliced-threads=1"
     _, hd = _video_options("mp4", VideoConfig(), 1920 * 1080)
     assert "rc-lookahead" not in hd and "x264-params" not in hd
+
+
+def test_x264_encodes_frames_above_1080p_with_sliced_threads(tmp_path):
+    """The option wins over the encoder's frame threads (x264 writes its settings into the
+    stream); 1080p keeps frame threads."""
+    for size, sliced in (((2048, 1152), b"sliced_threads=1"), ((1920, 1080), b"sliced_threads=0")):
+        src = make_clip(tmp_path / f"in{size[0]}.mp4", frames=3, size=size, audio=None)
+        out = tmp_path / f"out{size[0]}.mp4"
+        sanitize(src, out, FakeDetector(), "mp4")
+        assert sliced in out.read_bytes()
 
 
 def test_parallel_detection_threads_keep_frame_order(tmp_path):

@@ -117,13 +117,15 @@ def _muxer(container: str, out_path: str) -> tuple[str, str]:
 
 
 # x264's look-ahead holds this many frames above 1080p (its default for veryfast is 10): at 4K
-# each frame held costs ~25 MB with x264's own copies (BENCHMARKS.md, 2026-11-29); its
-# threaded look-ahead buffer (sync-lookahead) is turned off there too (2026-12-07)
+# each frame held costs ~25 MB with x264's own copies (BENCHMARKS.md, 2026-11-29). There x264
+# also splits each frame between its threads (sliced threads) instead of encoding frames side
+# by side, each with its own frame and look-ahead buffer: 4K -110 MB and 8K -330 MB per worker,
+# at the same speed (BENCHMARKS.md, Video, 2026-12-07)
 BIG_FRAME_LOOKAHEAD = 5
 BIG_FRAME = 1920 * 1088
 # Above 1080p a second detection thread is for int8 networks up to 4K only: on a 4K crowd of
-# 64 photos per frame a worker peaks at 1.28-1.34 GB with two int8 sessions, 1.51-1.52 GB
-# with two fp32 ones (1.29-1.31 GB with one); at 8K one thread takes it to 3 GB already.
+# 64 photos per frame a worker peaks at 1.24 GB with two int8 sessions, 1.41-1.44 GB with two
+# fp32 ones (1.23 GB with one), too close to 1.5 GB; at 8K one thread takes it to 2.6 GB.
 # (BENCHMARKS.md, Video, 2026-12-07)
 TWO_DETECT_THREADS_MAX = 4096 * 2160
 
@@ -140,8 +142,8 @@ def _video_options(kind: str, vcfg, pixels: int = 0) -> tuple[str, dict[str, str
     options = {"crf": str(vcfg.crf), "preset": vcfg.preset}
     if vcfg.codec == "libx264" and pixels > BIG_FRAME:
         options["rc-lookahead"] = str(BIG_FRAME_LOOKAHEAD)
-        # no threaded look-ahead buffer: the same bytes out, 40-100 MB less at 4K
-        options["x264-params"] = "sync-lookahead=0"
+        # wins over the encoder's thread type (open_output); no threaded look-ahead buffer
+        options["x264-params"] = "sliced-threads=1"
     return vcfg.codec, options
 
 
@@ -351,7 +353,8 @@ def _run(
             vout.thread_count = vcfg.threads
         if codec == "libx264":
             # PyAV opens encoders with slice threads; x264's frame threads pipeline whole frames
-            # and keep both cores busier: +17-18 % fps, with or without detection (BENCHMARKS.md)
+            # and keep both cores busier: +17-18 % fps, with or without detection (BENCHMARKS.md).
+            # Above 1080p, _video_options asks for sliced threads instead (memory).
             vout.thread_type = "FRAME"
         if stats["turns"]:
             vout.set_display_rotation(stats["turns"] * 90)
