@@ -157,7 +157,7 @@ class VideoConfig:
     # 0 = the cores the worker has to itself: the embedded cluster starts fewer workers than
     # cores when a run has fewer shards (one video: both cores on it, 1.34x faster at 1080p);
     # on an existing cluster, the SANITIZER_WORKER_CORES environment of its workers (else 1).
-    # Above 1080p, 1 unless the network runs int8 on frames up to 4K (memory: pipeline.py).
+    # Above 1080p, 1 for frames over 4K (int8 network) or 3200x1800 (fp32) (memory: pipeline.py).
     # The output does not depend on it.
     detect_threads: int = 0
     vp9_crf: int = 32  # WebM outputs (VP9): quality, 0-63, lower = better and bigger

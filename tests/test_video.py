@@ -459,13 +459,15 @@ def test_detect_threads_auto_follows_the_worker_cores(monkeypatch):
     assert detect_threads(VideoConfig(detect_threads=0), raw) == 2  # at most CROP_LAG
     assert detect_threads(VideoConfig(detect_threads=1), raw) == 1
     assert detect_threads(VideoConfig(detect_threads=0), other) == 1  # not known thread-safe
-    # above 1080p, memory: a second thread for an int8 network up to 4K only
+    # above 1080p, memory: a second thread up to 4K for an int8 network, 3200x1800 for fp32
     assert detect_threads(VideoConfig(detect_threads=0), raw, 1920 * 1080) == 2
-    assert detect_threads(VideoConfig(detect_threads=0), raw, 3840 * 2160) == 1  # says nothing
-    fp32, int8 = FakeRawDetector(), FakeRawDetector()
-    fp32.precision, int8.precision = "fp32", "int8"
+    assert detect_threads(VideoConfig(detect_threads=0), raw, 2560 * 1440) == 1  # says nothing
+    fp32, int8, unpinned = FakeRawDetector(), FakeRawDetector(), FakeRawDetector()
+    fp32.precision, int8.precision, unpinned.precision = "fp32", "int8", "int8-unpinned"
+    assert detect_threads(VideoConfig(), CenterFaceLooks(fp32), 3200 * 1800) == 2
     assert detect_threads(VideoConfig(), CenterFaceLooks(fp32), 3840 * 2160) == 1
     assert detect_threads(VideoConfig(), CenterFaceLooks(int8), 3840 * 2160) == 2
+    assert detect_threads(VideoConfig(), CenterFaceLooks(unpinned), 3840 * 2160) == 2
     assert detect_threads(VideoConfig(), CenterFaceLooks(int8), 7680 * 4320) == 1
     assert detect_threads(VideoConfig(detect_threads=2), raw, 7680 * 4320) == 2
 

@@ -123,11 +123,12 @@ def _muxer(container: str, out_path: str) -> tuple[str, str]:
 # at the same speed (BENCHMARKS.md, Video, 2026-12-07)
 BIG_FRAME_LOOKAHEAD = 5
 BIG_FRAME = 1920 * 1088
-# Above 1080p a second detection thread is for int8 networks up to 4K only: on a 4K crowd of
-# 64 photos per frame a worker peaks at 1.24 GB with two int8 sessions, 1.41-1.44 GB with two
-# fp32 ones (1.23 GB with one), too close to 1.5 GB; at 8K one thread takes it to 2.6 GB.
-# (BENCHMARKS.md, Video, 2026-12-07)
-TWO_DETECT_THREADS_MAX = 4096 * 2160
+# Above 1080p a second detection thread is for frames up to these pixels, by the precision the
+# network runs (memory; BENCHMARKS.md, Video, 2026-12-07). On crowd pans of 64 photos per frame
+# a worker peaks at 1.24 GB with two int8 sessions at 4K and 1.13 GB with two fp32 ones at
+# 3200x1800; two fp32 ones at 4K take it to 1.41-1.44 GB, too close to 1.5 GB; at 8K one
+# thread takes it to 2.6 GB. A detector that does not say its precision gets one above 1080p.
+TWO_DETECT_THREADS_MAX = {"int8": 4096 * 2160, "fp32": 3200 * 1800}
 
 
 def _video_options(kind: str, vcfg, pixels: int = 0) -> tuple[str, dict[str, str]]:
@@ -534,8 +535,8 @@ def _run(
 def detect_threads(vcfg, vdet, pixels: int = 0) -> int:
     """Detection threads for one file: `video.detect_threads`, or (0) the cores this worker has
     to itself ($SANITIZER_WORKER_CORES, which the embedded cluster sets; 1 when unset), but 1
-    above 1080p unless an int8 network scans frames up to 4K (memory: TWO_DETECT_THREADS_MAX);
-    at most MAX_DETECT_THREADS. Only detectors known to keep one session per thread get more
+    above 1080p for frames bigger than TWO_DETECT_THREADS_MAX allows at the network's precision
+    (memory); at most MAX_DETECT_THREADS. Only detectors known to keep one session per thread get more
     than 1."""
     if not vdet.parallel_safe:
         return 1
@@ -545,8 +546,8 @@ def detect_threads(vcfg, vdet, pixels: int = 0) -> int:
             n = int(os.environ.get(WORKER_CORES_ENV, "1"))
         except ValueError:
             n = 1
-        int8 = getattr(vdet, "precision", "").startswith("int8")
-        if pixels > BIG_FRAME and not (int8 and pixels <= TWO_DETECT_THREADS_MAX):
+        precision = getattr(vdet, "precision", "").split("-")[0]  # int8-unpinned is int8
+        if pixels > max(BIG_FRAME, TWO_DETECT_THREADS_MAX.get(precision, 0)):
             n = 1
     return max(1, min(MAX_DETECT_THREADS, n))
 
