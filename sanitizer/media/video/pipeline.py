@@ -536,8 +536,8 @@ def detect_threads(vcfg, vdet, pixels: int = 0) -> int:
     """Detection threads for one file: `video.detect_threads`, or (0) the cores this worker has
     to itself ($SANITIZER_WORKER_CORES, which the embedded cluster sets; 1 when unset), but 1
     above 1080p for frames bigger than TWO_DETECT_THREADS_MAX allows at the network's precision
-    (memory); at most MAX_DETECT_THREADS. Only detectors known to keep one session per thread get more
-    than 1."""
+    (memory); at most MAX_DETECT_THREADS. Only detectors known to keep one session per thread
+    get more than 1."""
     if not vdet.parallel_safe:
         return 1
     n = int(vcfg.detect_threads)
