@@ -65,6 +65,50 @@ def test_int8_finds_the_faces_fp32_finds(int8_on):
         assert (iou_matrix(strong_b.boxes, a.boxes).max(1) >= 0.6).all()
 
 
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_serving_graph_gives_the_network_graphs_outputs(precision, int8_on):
+    """Sessions run the serving graph (fed the uint8 image, no landmarks head): its outputs
+    equal the network graph's bit for bit, at sizes on and off the /32 grid; the int8 one
+    skips the input quantization (an identity) instead of converting the image to float."""
+    import onnx
+    import onnxruntime as ort
+
+    from sanitizer.detect import centerface
+    from sanitizer.detect.graph import (
+        INPUT,
+        OUTPUTS,
+        SERVING_INPUT,
+        SERVING_OUTPUTS,
+        to_blob,
+        to_image,
+    )
+
+    path = str(centerface.model_path())
+    network, _, got = centerface._network(path, precision)
+    assert got.startswith(precision)
+    serving = centerface._serving(path, precision)
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    a, b = (
+        ort.InferenceSession(g, opts, providers=["CPUExecutionProvider"])
+        for g in (network, serving)
+    )
+    assert [i.name for i in b.get_inputs()] == [SERVING_INPUT]
+    assert [o.name for o in b.get_outputs()] == SERVING_OUTPUTS
+    ops = {n.op_type for n in onnx.load_from_string(serving).graph.node}
+    assert ("Cast" in ops) == (precision == "fp32")
+    assert "QuantizeLinear" not in ops or precision == "int8"
+    for scene in _scenes():
+        for h, w in ((scene.shape[0], scene.shape[1]), (416, 333), (320, 704), (97, 150)):
+            image = np.ascontiguousarray(scene[:h, :w])
+            want = a.run(OUTPUTS[:3], {INPUT: to_blob(image)})
+            have = b.run(SERVING_OUTPUTS, {SERVING_INPUT: to_image(image)})
+            if image.shape == scene.shape:
+                assert want[0].max() > 0.5  # the scene's faces respond
+            for x, y in zip(want, have, strict=True):
+                np.testing.assert_array_equal(x, y)
+
+
 def test_threads_share_one_arena_and_find_what_one_thread_finds():
     """Video scans on two threads, each with its own session over one shared arena (memory):
     running them at once on pictures of different sizes changes no detection."""

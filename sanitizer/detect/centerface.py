@@ -12,6 +12,9 @@ onnxruntime version. A mismatch (a different quantizer, a damaged cache file) re
 graph once per machine; if it still differs, workers run the fp32 file instead and say so: its
 `precision` is "fp32" and its `model_sha256` the fp32 file's, both in the audit's files table.
 An onnxruntime version with no pinned hash runs its derived graph as "int8-unpinned".
+
+Sessions run the network's serving form (graph.py: fed the uint8 image, no landmarks head;
+bit-identical outputs), cached beside the other graphs by the network graph's sha256.
 """
 
 from __future__ import annotations
@@ -26,7 +29,15 @@ import numpy as np
 
 from sanitizer.config import PRECISIONS
 from sanitizer.detect import quantize
-from sanitizer.detect.graph import INPUT, OUTPUTS, to_blob
+from sanitizer.detect.graph import (
+    INPUT,
+    OUTPUTS,
+    SERVING_INPUT,
+    SERVING_OUTPUTS,
+    serving_graph,
+    to_blob,
+    to_image,
+)
 from sanitizer.errors import DetectorError
 from sanitizer.records import Detections
 
@@ -144,12 +155,20 @@ def _register_shared_arena(ort) -> None:
     ort.create_and_register_allocator(info, ort.OrtArenaCfg(0, -1, -1, -1))
 
 
+def _serving(path: str, precision: str) -> bytes:
+    """The serving form of the network `_network` chose (graph.serving_graph), cached on disk
+    (building it imports onnx), read once per session."""
+    network, _, _ = _network(path, precision)
+    sha = hashlib.sha256(network).hexdigest()
+    return quantize.cached_graph(quantize.serving_path(sha), lambda: serving_graph(network))
+
+
 @cache
 def _session(path: str, precision: str, threads: int, thread_key: int):
     """One inference session per (process, thread): loaded once, reused by every file."""
     import onnxruntime as ort
 
-    data, _, _ = _network(path, precision)
+    data = _serving(path, precision)
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = max(1, threads)
     opts.inter_op_num_threads = 1
@@ -206,5 +225,7 @@ class CenterFaceModel:
 
     def infer(self, image: np.ndarray, threshold: float) -> Detections:
         """Run the network once on an RGB uint8 image at its own size."""
-        heatmap, scale, offset, _ = self._session().run(OUTPUTS, {INPUT: to_blob(image)})
+        heatmap, scale, offset = self._session().run(
+            SERVING_OUTPUTS, {SERVING_INPUT: to_image(image)}
+        )
         return decode(heatmap, scale, offset, threshold)

@@ -216,6 +216,17 @@ def prepared_path(fp32_sha256: str) -> Path:
     return cache_dir() / f"centerface-fp32-{fp32_sha256[:16]}-onnx{_onnx_version()}.onnx"
 
 
+def serving_path(network_sha256: str) -> Path:
+    """Where the serving form of a network graph (graph.serving_graph) is cached, by the
+    network graph's sha256."""
+    from sanitizer.detect.graph import SERVING
+
+    return (
+        cache_dir()
+        / f"centerface-serving-{network_sha256[:16]}-onnx{_onnx_version()}-{SERVING}.onnx"
+    )
+
+
 def cached_graph(path: Path, build: Callable[[], bytes], rebuild: bool = False) -> bytes:
     """The graph cached at `path`, built (under a lock) when missing or when `rebuild`. Beside
     it, `path`.sha256 holds its sha256: a damaged file is built again. An unwritable cache
