@@ -109,6 +109,18 @@ def test_serving_graph_gives_the_network_graphs_outputs(precision, int8_on):
                 np.testing.assert_array_equal(x, y)
 
 
+def test_a_graph_that_cannot_be_served_is_a_detector_error(tmp_path, monkeypatch):
+    """A network graph the serving transform cannot read fails with a DetectorError (a clear
+    one-line reason), not onnx's own exception."""
+    from sanitizer.detect import centerface
+    from sanitizer.errors import DetectorError
+
+    monkeypatch.setenv("SANITIZER_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(centerface, "_network", lambda path, precision: (b"not a graph", "", ""))
+    with pytest.raises(DetectorError, match="cannot prepare the CenterFace graph"):
+        centerface._serving("centerface.onnx", "fp32")
+
+
 def test_threads_share_one_arena_and_find_what_one_thread_finds():
     """Video scans on two threads, each with its own session over one shared arena (memory):
     running them at once on pictures of different sizes changes no detection."""

@@ -160,7 +160,14 @@ def _serving(path: str, precision: str) -> bytes:
     (building it imports onnx), read once per session."""
     network, _, _ = _network(path, precision)
     sha = hashlib.sha256(network).hexdigest()
-    return quantize.cached_graph(quantize.serving_path(sha), lambda: serving_graph(network))
+
+    def build() -> bytes:
+        try:
+            return serving_graph(network)
+        except Exception as exc:  # onnx raises its own untyped errors
+            raise DetectorError(f"cannot prepare the CenterFace graph to run ({exc})") from exc
+
+    return quantize.cached_graph(quantize.serving_path(sha), build)
 
 
 @cache
