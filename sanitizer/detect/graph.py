@@ -23,7 +23,7 @@ INPUT = "input.1"
 OUTPUTS = ["537", "538", "539", "540"]  # heatmap, scale, offset, landmarks
 SERVING_INPUT = "image"
 SERVING_OUTPUTS = OUTPUTS[:3]  # the landmarks are never used
-# the serving transform's version: part of its cache key (centerface.py)
+# the serving transform's version: part of its cache key (quantize.serving_path)
 SERVING = "u8-nhwc-3out-v1"
 
 
