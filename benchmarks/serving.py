@@ -5,7 +5,8 @@
 For each look size the detector runs (a 1080p band, its 704 px pieces, the cheap look, a
 416x416 photo and its 1.5x pass), on a real-looking RGB image (the scikit-image astronaut
 tiled): ms per look of the network graph fed the float blob (`to_blob`, four outputs) and of
-the serving graph fed the uint8 image (`to_image`, three outputs), one onnxruntime thread,
+the serving graph fed the uint8 image (`to_image`, or `to_packed` in int8: the packing is
+timed with the look; three outputs), one onnxruntime thread,
 both sessions built as the product builds them, interleaved run by run, medians; and the
 largest difference between their outputs (0: bit-identical).
 """
@@ -47,8 +48,8 @@ def main() -> int:
         OUTPUTS,
         SERVING_INPUT,
         SERVING_OUTPUTS,
+        feeder,
         to_blob,
-        to_image,
     )
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
@@ -58,6 +59,7 @@ def main() -> int:
     path = str(centerface.model_path())
     network, _, precision = centerface._network(path, a.precision)
     net, srv = session(network), session(centerface._serving(path, a.precision))
+    feed = feeder(srv.get_inputs()[0].shape[-1])
     tile = np.tile(skdata.astronaut(), (4, 4, 1))
     print(f"precision {precision}, one thread, median of {a.runs} interleaved runs")
     print("| look (h x w) | network graph ms | serving graph ms | serving / network | max diff |")
@@ -65,7 +67,7 @@ def main() -> int:
     for h, w in SIZES:
         image = np.ascontiguousarray(cv2.resize(tile, (w, h), interpolation=cv2.INTER_AREA))
         want = net.run(OUTPUTS[:3], {INPUT: to_blob(image)})
-        have = srv.run(SERVING_OUTPUTS, {SERVING_INPUT: to_image(image)})
+        have = srv.run(SERVING_OUTPUTS, {SERVING_INPUT: feed(image)})
         diff = max(float(np.abs(x - y).max()) for x, y in zip(want, have, strict=True))
         times: dict[str, list[float]] = {"net": [], "srv": []}
         for _ in range(a.runs):
@@ -73,7 +75,7 @@ def main() -> int:
             net.run(OUTPUTS, {INPUT: to_blob(image)})
             times["net"].append(time.perf_counter() - t)
             t = time.perf_counter()
-            srv.run(SERVING_OUTPUTS, {SERVING_INPUT: to_image(image)})
+            srv.run(SERVING_OUTPUTS, {SERVING_INPUT: feed(image)})
             times["srv"].append(time.perf_counter() - t)
         tn, ts = (1000 * statistics.median(times[k]) for k in ("net", "srv"))
         print(f"| {h} x {w} | {tn:.2f} | {ts:.2f} | {ts / tn:.3f} | {diff:g} |")

@@ -68,8 +68,9 @@ def test_int8_finds_the_faces_fp32_finds(int8_on):
 @pytest.mark.parametrize("precision", ["fp32", "int8"])
 def test_serving_graph_gives_the_network_graphs_outputs(precision, int8_on):
     """Sessions run the serving graph (fed the uint8 image, no landmarks head): its outputs
-    equal the network graph's bit for bit, at sizes on and off the /32 grid; the int8 one
-    skips the input quantization (an identity) instead of converting the image to float."""
+    equal the network graph's bit for bit, at sizes on and off the /32 grid. The int8 one
+    skips the input quantization (an identity) instead of converting the image to float, and
+    takes the image packed in 2x2 blocks, its first convolution rewritten to match."""
     import onnx
     import onnxruntime as ort
 
@@ -77,10 +78,11 @@ def test_serving_graph_gives_the_network_graphs_outputs(precision, int8_on):
     from sanitizer.detect.graph import (
         INPUT,
         OUTPUTS,
+        PACKED,
         SERVING_INPUT,
         SERVING_OUTPUTS,
+        feeder,
         to_blob,
-        to_image,
     )
 
     path = str(centerface.model_path())
@@ -95,18 +97,40 @@ def test_serving_graph_gives_the_network_graphs_outputs(precision, int8_on):
     )
     assert [i.name for i in b.get_inputs()] == [SERVING_INPUT]
     assert [o.name for o in b.get_outputs()] == SERVING_OUTPUTS
+    channels = b.get_inputs()[0].shape[-1]
+    assert channels == (PACKED if precision == "int8" else 3)
     ops = {n.op_type for n in onnx.load_from_string(serving).graph.node}
     assert ("Cast" in ops) == (precision == "fp32")
     assert "QuantizeLinear" not in ops or precision == "int8"
+    feed = feeder(channels)
     for scene in _scenes():
-        for h, w in ((scene.shape[0], scene.shape[1]), (416, 333), (320, 704), (97, 150)):
+        for h, w in ((scene.shape[0], scene.shape[1]), (416, 333), (320, 704), (97, 150), (3, 5)):
             image = np.ascontiguousarray(scene[:h, :w])
             want = a.run(OUTPUTS[:3], {INPUT: to_blob(image)})
-            have = b.run(SERVING_OUTPUTS, {SERVING_INPUT: to_image(image)})
+            have = b.run(SERVING_OUTPUTS, {SERVING_INPUT: feed(image)})
             if image.shape == scene.shape:
                 assert want[0].max() > 0.5  # the scene's faces respond
             for x, y in zip(want, have, strict=True):
                 np.testing.assert_array_equal(x, y)
+
+
+def test_a_packed_image_holds_its_2x2_blocks():
+    """to_packed: the image padded to /32 and by one pixel all round, block (i, j)'s pixel
+    (row, column) in channels (2 * row + column) * 3 + colour."""
+    from sanitizer.detect.graph import PACKED, to_packed
+
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (37, 70, 3), dtype=np.uint8)
+    packed = to_packed(image)
+    assert packed.shape == (1, 64 // 2 + 1, 96 // 2 + 1, PACKED) and packed.dtype == np.uint8
+    padded = np.zeros((66, 98, 3), np.uint8)
+    padded[1:38, 1:71] = image
+    for row in range(2):
+        for col in range(2):
+            first = (2 * row + col) * 3
+            np.testing.assert_array_equal(
+                packed[0, :, :, first : first + 3], padded[row::2, col::2]
+            )
 
 
 def test_a_graph_that_cannot_be_served_is_a_detector_error(tmp_path, monkeypatch):

@@ -13,8 +13,9 @@ graph once per machine; if it still differs, workers run the fp32 file instead a
 `precision` is "fp32" and its `model_sha256` the fp32 file's, both in the audit's files table.
 An onnxruntime version with no pinned hash runs its derived graph as "int8-unpinned".
 
-Sessions run the network's serving form (graph.py: fed the uint8 image, no landmarks head;
-bit-identical outputs), cached beside the other graphs by the network graph's sha256.
+Sessions run the network's serving form (graph.py: fed the uint8 image, packed in int8, no
+landmarks head; bit-identical outputs), cached beside the other graphs by the network graph's
+sha256.
 """
 
 from __future__ import annotations
@@ -34,9 +35,9 @@ from sanitizer.detect.graph import (
     OUTPUTS,
     SERVING_INPUT,
     SERVING_OUTPUTS,
+    feeder,
     serving_graph,
     to_blob,
-    to_image,
 )
 from sanitizer.errors import DetectorError
 from sanitizer.records import Detections
@@ -221,7 +222,8 @@ class CenterFaceModel:
         self.requested_precision = precision
         _, self.model_sha256, self.precision = _network(self.path, precision)
         self.threads = threads
-        self._session()  # fail early if the model cannot be loaded
+        # fail early if the model cannot be loaded; the input its serving graph takes
+        self._feed = feeder(self._session().get_inputs()[0].shape[-1])
 
     @classmethod
     def from_config(cls, cfg) -> CenterFaceModel:
@@ -233,6 +235,6 @@ class CenterFaceModel:
     def infer(self, image: np.ndarray, threshold: float) -> Detections:
         """Run the network once on an RGB uint8 image at its own size."""
         heatmap, scale, offset = self._session().run(
-            SERVING_OUTPUTS, {SERVING_INPUT: to_image(image)}
+            SERVING_OUTPUTS, {SERVING_INPUT: self._feed(image)}
         )
         return decode(heatmap, scale, offset, threshold)
