@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from sanitizer.detect.graph import INPUT, SERVING, to_blob
 from sanitizer.errors import DetectorError
 
 RECIPE = "qdq-u8s8-perchannel-minmax-skimage-v1"
@@ -137,8 +138,6 @@ def build_int8(fp32: bytes, reduce_range: bool = False) -> bytes:
     )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from sanitizer.detect.graph import INPUT, to_blob
-
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
             self._it = (to_blob(im) for im in calibration_images())
@@ -219,8 +218,6 @@ def prepared_path(fp32_sha256: str) -> Path:
 def serving_path(network_sha256: str) -> Path:
     """Where the serving form of a network graph (graph.serving_graph) is cached, by the
     network graph's sha256."""
-    from sanitizer.detect.graph import SERVING
-
     return (
         cache_dir()
         / f"centerface-serving-{network_sha256[:16]}-onnx{_onnx_version()}-{SERVING}.onnx"

@@ -124,8 +124,9 @@ def track_crops(
     if plan.cheap is None:
         return []
     rects = []
-    for x1, y1, x2, y2 in np.asarray(boxes, np.float64).reshape(-1, 4):
-        side = max(x2 - x1, y2 - y1)
+    for box in np.asarray(boxes, np.float64).reshape(-1, 4):
+        x1, y1, x2, y2 = box
+        side = _side(box)
         if side >= plan.overlap:
             continue
         pad = max(CROP_MARGIN * side, CROP_PAD)
