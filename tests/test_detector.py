@@ -114,6 +114,76 @@ def test_serving_graph_gives_the_network_graphs_outputs(precision, int8_on):
                 np.testing.assert_array_equal(x, y)
 
 
+def _tiny_int8_network(stride: int) -> bytes:
+    """A QDQ graph shaped like the int8 network's head: the float image quantized with scale
+    1 and zero point 0, then a 3x3 convolution (`stride`, 1 px of padding) over its 3 channels
+    with per-channel int8 weights, its result quantized; three outputs named as CenterFace's."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from sanitizer.detect.graph import INPUT, OUTPUTS
+
+    rng = np.random.default_rng(0)
+    c = lambda name, a: numpy_helper.from_array(np.asarray(a), name)  # noqa: E731
+    inits = [
+        c("one", np.float32(1)),
+        c("zero", np.uint8(0)),
+        c("w", rng.integers(-127, 128, (4, 3, 3, 3)).astype(np.int8)),
+        c("w_scale", rng.uniform(1e-5, 5e-5, 4).astype(np.float32)),
+        c("w_zero", np.zeros(4, np.int8)),
+        c("out_scale", np.float32(0.05)),
+    ]
+    mk = helper.make_node
+    nodes = [
+        mk("QuantizeLinear", [INPUT, "one", "zero"], ["xq"]),
+        mk("DequantizeLinear", ["xq", "one", "zero"], ["x"]),
+        mk("DequantizeLinear", ["w", "w_scale", "w_zero"], ["wf"], axis=0),
+        mk("Conv", ["x", "wf"], ["y"], kernel_shape=[3, 3], strides=[stride] * 2, pads=[1] * 4),
+        mk("QuantizeLinear", ["y", "out_scale", "zero"], ["yq"]),
+        *(mk("DequantizeLinear", ["yq", "out_scale", "zero"], [name]) for name in OUTPUTS[:3]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "tiny",
+        [helper.make_tensor_value_info(INPUT, TensorProto.FLOAT, [1, 3, "H", "W"])],
+        [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in OUTPUTS[:3]],
+        inits,
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]).SerializeToString()
+
+
+@pytest.mark.parametrize(("stride", "packed"), [(2, True), (1, False)])
+def test_the_serving_transform_packs_only_the_convolution_it_can_rewrite(stride, packed):
+    """The first convolution is rewritten for the packed image only when it is the 3x3 stride-2
+    one; either way the serving graph gives the network graph's outputs bit for bit."""
+    import onnxruntime as ort
+
+    from sanitizer.detect.graph import (
+        INPUT,
+        OUTPUTS,
+        PACKED,
+        SERVING_INPUT,
+        SERVING_OUTPUTS,
+        feeder,
+        serving_graph,
+        to_blob,
+    )
+
+    network = _tiny_int8_network(stride)
+    a, b = (
+        ort.InferenceSession(g, providers=["CPUExecutionProvider"])
+        for g in (network, serving_graph(network))
+    )
+    channels = b.get_inputs()[0].shape[-1]
+    assert channels == (PACKED if packed else 3)
+    rng = np.random.default_rng(1)
+    for h, w in ((32, 64), (37, 50), (3, 5)):
+        image = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        want = a.run(OUTPUTS[:3], {INPUT: to_blob(image)})
+        have = b.run(SERVING_OUTPUTS, {SERVING_INPUT: feeder(channels)(image)})
+        for x, y in zip(want, have, strict=True):
+            np.testing.assert_array_equal(x, y)
+
+
 def test_a_packed_image_holds_its_2x2_blocks():
     """to_packed: the image padded to /32 and by one pixel all round, block (i, j)'s pixel
     (row, column) in channels (2 * row + column) * 3 + colour."""

@@ -86,8 +86,14 @@ def _pack_first_conv(g, quantized: str) -> bool:
 
     inits = {i.name: i for i in g.initializer}
     dq = [n for n in g.node if quantized in n.input]
-    if len(dq) != 1 or dq[0].op_type != "DequantizeLinear":
-        return False
+    if (
+        len(dq) != 1
+        or dq[0].op_type != "DequantizeLinear"
+        or len(dq[0].input) < 3
+        or dq[0].input[2] not in inits
+        or np.any(numpy_helper.to_array(inits[dq[0].input[2]]) != 0)
+    ):
+        return False  # the packed image's padding is 0: so must the image's zero point be
     convs = [n for n in g.node if dq[0].output[0] in n.input]
     if len(convs) != 1 or convs[0].op_type != "Conv" or convs[0].input[0] != dq[0].output[0]:
         return False
