@@ -12,6 +12,17 @@ import pytest
 
 from sanitizer.config import ConfigError, DetectConfig, from_dict
 from sanitizer.detect import get_detector, iou_matrix, quantize
+from sanitizer.detect.graph import (
+    INPUT,
+    OUTPUTS,
+    PACKED,
+    SERVING_INPUT,
+    SERVING_OUTPUTS,
+    feeder,
+    serving_graph,
+    to_blob,
+    to_packed,
+)
 from sanitizer.records import Detections
 from tests.conftest import astronaut
 
@@ -75,15 +86,6 @@ def test_serving_graph_gives_the_network_graphs_outputs(precision, int8_on):
     import onnxruntime as ort
 
     from sanitizer.detect import centerface
-    from sanitizer.detect.graph import (
-        INPUT,
-        OUTPUTS,
-        PACKED,
-        SERVING_INPUT,
-        SERVING_OUTPUTS,
-        feeder,
-        to_blob,
-    )
 
     path = str(centerface.model_path())
     network, _, got = centerface._network(path, precision)
@@ -120,8 +122,6 @@ def _tiny_int8_network(stride: int) -> bytes:
     with per-channel int8 weights, its result quantized; three outputs named as CenterFace's."""
     from onnx import TensorProto, helper, numpy_helper
 
-    from sanitizer.detect.graph import INPUT, OUTPUTS
-
     rng = np.random.default_rng(0)
     c = lambda name, a: numpy_helper.from_array(np.asarray(a), name)  # noqa: E731
     inits = [
@@ -157,17 +157,6 @@ def test_the_serving_transform_packs_only_the_convolution_it_can_rewrite(stride,
     one; either way the serving graph gives the network graph's outputs bit for bit."""
     import onnxruntime as ort
 
-    from sanitizer.detect.graph import (
-        INPUT,
-        OUTPUTS,
-        PACKED,
-        SERVING_INPUT,
-        SERVING_OUTPUTS,
-        feeder,
-        serving_graph,
-        to_blob,
-    )
-
     network = _tiny_int8_network(stride)
     a, b = (
         ort.InferenceSession(g, providers=["CPUExecutionProvider"])
@@ -187,7 +176,6 @@ def test_the_serving_transform_packs_only_the_convolution_it_can_rewrite(stride,
 def test_a_packed_image_holds_its_2x2_blocks():
     """to_packed: the image padded to /32 and by one pixel all round, block (i, j)'s pixel
     (row, column) in channels (2 * row + column) * 3 + colour."""
-    from sanitizer.detect.graph import PACKED, to_packed
 
     rng = np.random.default_rng(0)
     image = rng.integers(0, 256, (37, 70, 3), dtype=np.uint8)
