@@ -122,8 +122,10 @@ def _tiny_int8_network(stride: int) -> bytes:
     with per-channel int8 weights, its result quantized; three outputs named as CenterFace's."""
     from onnx import TensorProto, helper, numpy_helper
 
+    def c(name: str, value) -> object:
+        return numpy_helper.from_array(np.asarray(value), name)
+
     rng = np.random.default_rng(0)
-    c = lambda name, a: numpy_helper.from_array(np.asarray(a), name)  # noqa: E731
     inits = [
         c("one", np.float32(1)),
         c("zero", np.uint8(0)),
