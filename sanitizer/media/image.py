@@ -312,6 +312,12 @@ def encode(
     fmt = img.format
     pils = [_pil(f) for f in frames]
     first = pils[0]
+    # PNG, GIF and WebP animations: every frame, its duration and the loop count kept
+    animation = (
+        dict(save_all=True, append_images=pils[1:], duration=img.durations_ms, loop=img.loop)
+        if len(pils) > 1
+        else {}
+    )
     buf = io.BytesIO()
     try:
         if fmt == "jpeg":
@@ -328,36 +334,11 @@ def encode(
             else:
                 pils[0].save(buf, "JPEG", quality=jpeg_quality, optimize=True)
         elif fmt == "png":
-            if len(pils) > 1:
-                first.save(
-                    buf,
-                    "PNG",
-                    save_all=True,
-                    append_images=pils[1:],
-                    duration=img.durations_ms,
-                    loop=img.loop,
-                    compress_level=opts.png_compress_level,
-                )
-            else:
-                first.save(buf, "PNG", compress_level=opts.png_compress_level)
+            first.save(buf, "PNG", compress_level=opts.png_compress_level, **animation)
         elif fmt == "gif":
-            kw = (
-                dict(
-                    save_all=True, append_images=pils[1:], duration=img.durations_ms, loop=img.loop
-                )
-                if len(pils) > 1
-                else {}
-            )
-            first.save(buf, "GIF", **kw)
+            first.save(buf, "GIF", **animation)
         elif fmt == "webp":
-            kw = (
-                dict(
-                    save_all=True, append_images=pils[1:], duration=img.durations_ms, loop=img.loop
-                )
-                if len(pils) > 1
-                else {}
-            )
-            first.save(buf, "WEBP", quality=webp_quality, **kw)
+            first.save(buf, "WEBP", quality=webp_quality, **animation)
         elif fmt == "tiff":
             first.save(
                 buf,
