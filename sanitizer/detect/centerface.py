@@ -30,19 +30,11 @@ import numpy as np
 
 from sanitizer.config import PRECISIONS
 from sanitizer.detect import quantize
-from sanitizer.detect.graph import (
-    INPUT,
-    OUTPUTS,
-    SERVING_INPUT,
-    SERVING_OUTPUTS,
-    feeder,
-    serving_graph,
-    to_blob,
-)
+from sanitizer.detect.graph import INPUT, SERVING_INPUT, SERVING_OUTPUTS, feeder, serving_graph
 from sanitizer.errors import DetectorError
 from sanitizer.records import Detections
 
-__all__ = ["INPUT", "OUTPUTS", "CenterFaceModel", "decode", "describe", "model_path", "to_blob"]
+__all__ = ["CenterFaceModel", "decode", "describe", "model_path"]
 
 
 def model_path() -> Path:

@@ -76,6 +76,17 @@ def feeder(channels: int):
     return to_packed if channels == PACKED else to_image
 
 
+def _constant(inits: dict, node, i: int, value: float) -> bool:
+    """True when input `i` of `node` is an initializer whose every element equals `value`."""
+    from onnx import numpy_helper
+
+    return (
+        len(node.input) > i
+        and node.input[i] in inits
+        and bool(np.all(numpy_helper.to_array(inits[node.input[i]]) == value))
+    )
+
+
 def _pack_first_conv(g, quantized: str) -> bool:
     """Rewrite the int8 graph's first convolution, fed the quantized image `quantized` (NCHW),
     to take the packed image: a 3x3 stride-2 convolution with 1 px of padding over 3
@@ -86,13 +97,7 @@ def _pack_first_conv(g, quantized: str) -> bool:
 
     inits = {i.name: i for i in g.initializer}
     dq = [n for n in g.node if quantized in n.input]
-    if (
-        len(dq) != 1
-        or dq[0].op_type != "DequantizeLinear"
-        or len(dq[0].input) < 3
-        or dq[0].input[2] not in inits
-        or np.any(numpy_helper.to_array(inits[dq[0].input[2]]) != 0)
-    ):
+    if len(dq) != 1 or dq[0].op_type != "DequantizeLinear" or not _constant(inits, dq[0], 2, 0):
         return False  # the packed image's padding is 0: so must the image's zero point be
     convs = [n for n in g.node if dq[0].output[0] in n.input]
     if len(convs) != 1 or convs[0].op_type != "Conv" or convs[0].input[0] != dq[0].output[0]:
@@ -104,9 +109,7 @@ def _pack_first_conv(g, quantized: str) -> bool:
         wdq is None
         or wdq.op_type != "DequantizeLinear"
         or wdq.input[0] not in inits
-        or len(wdq.input) < 3
-        or wdq.input[2] not in inits
-        or np.any(numpy_helper.to_array(inits[wdq.input[2]]) != 0)
+        or not _constant(inits, wdq, 2, 0)
         or attrs.get("kernel_shape") != [3, 3]
         or attrs.get("strides") != [2, 2]
         or attrs.get("pads") != [1, 1, 1, 1]
@@ -146,7 +149,7 @@ def _pack_first_conv(g, quantized: str) -> bool:
 def serving_graph(network: bytes) -> bytes:
     """The serving form (module docstring) of a network graph (fp32 or int8)."""
     import onnx
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import TensorProto, helper
 
     model = onnx.load_from_string(network)
     g = model.graph
@@ -157,12 +160,9 @@ def serving_graph(network: bytes) -> bytes:
     if (
         first is not None
         and first.op_type == "QuantizeLinear"
-        and len(first.input) == 3
-        and first.input[1] in inits
-        and first.input[2] in inits
+        and _constant(inits, first, 1, 1.0)
+        and _constant(inits, first, 2, 0)
         and inits[first.input[2]].data_type == TensorProto.UINT8
-        and np.all(numpy_helper.to_array(inits[first.input[1]]) == 1.0)
-        and np.all(numpy_helper.to_array(inits[first.input[2]]) == 0)
     ):
         # quantizing a 0..255 integer image with scale 1 and zero point 0 is the identity
         g.node.remove(first)
