@@ -92,11 +92,17 @@ class Lease:
         import json
 
         path = self.dst.path(storage.LEASE_KEY)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        except FileExistsError:
-            return
+        for _ in range(2):  # a run that ends removes the empty staging folder: make it again
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+                break
+            except FileExistsError:
+                return
+            except FileNotFoundError:
+                continue
+        else:
+            return  # the read back then finds no lease of ours: LeaseHeld
         with os.fdopen(fd, "w") as f:
             json.dump(self._doc(), f)
 
@@ -115,6 +121,9 @@ class Lease:
             held = storage.read_lease(self.dst)
             if held is not None and held.get("token") == self._token:
                 storage.remove(self.dst, storage.LEASE_KEY)
+        if self.dst.is_local:  # no empty staging folder left in DST (object stores have none)
+            with contextlib.suppress(OSError):
+                os.rmdir(self.dst.path(storage.STAGING))
 
     def __enter__(self) -> Lease:
         self.acquire()

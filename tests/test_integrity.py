@@ -162,6 +162,7 @@ def test_lease_one_run_per_dst(locs, monkeypatch):
     finally:
         first.release()
     assert not storage.exists(dst, storage.LEASE_KEY)
+    assert not os.path.exists(dst.path(storage.STAGING))  # nothing left, not even the folder
     commit.check_lease(dst)
 
 
