@@ -35,11 +35,19 @@ PACKED = 12  # channels of a packed image (to_packed): 2x2 blocks of RGB
 SERVING = "u8-nhwc-3out-packed-v2"
 
 
+STRIDE = 32  # the network's total stride: its input's sides are multiples of it
+
+
+def _padded(h: int, w: int) -> tuple[int, int]:
+    """Sides of an h x w image zero-padded to multiples of STRIDE."""
+    return -(-h // STRIDE) * STRIDE, -(-w // STRIDE) * STRIDE
+
+
 def to_blob(image: np.ndarray) -> np.ndarray:
     """The network graph's input for an HxWx3 uint8 RGB image: 1x3xHxW float32, zero-padded
     to /32."""
     h, w = image.shape[:2]
-    blob = np.zeros((1, 3, -(-h // 32) * 32, -(-w // 32) * 32), np.float32)
+    blob = np.zeros((1, 3, *_padded(h, w)), np.float32)
     blob[0, :, :h, :w] = image.transpose(2, 0, 1)
     return blob
 
@@ -48,7 +56,7 @@ def to_image(image: np.ndarray) -> np.ndarray:
     """The serving graph's input for an HxWx3 uint8 RGB image: 1xHxWx3 uint8, zero-padded to
     /32 (no copy when the image is contiguous and already that size)."""
     h, w = image.shape[:2]
-    ph, pw = -(-h // 32) * 32, -(-w // 32) * 32
+    ph, pw = _padded(h, w)
     if (ph, pw) == (h, w):
         return np.ascontiguousarray(image, np.uint8)[None]
     out = np.zeros((1, ph, pw, 3), np.uint8)
@@ -64,7 +72,7 @@ def to_packed(image: np.ndarray) -> np.ndarray:
     import cv2
 
     h, w = image.shape[:2]
-    ph, pw = -(-h // 32) * 32 + 2, -(-w // 32) * 32 + 2
+    ph, pw = (side + 2 for side in _padded(h, w))
     padded = np.zeros((ph, pw, 3), np.uint8)
     padded[1 : h + 1, 1 : w + 1] = image
     pairs = padded.reshape(ph, pw // 2, 6)  # the two pixels of each block row, side by side

@@ -41,6 +41,7 @@ from dataclasses import dataclass
 import av
 import numpy as np
 
+from sanitizer.detect.graph import STRIDE
 from sanitizer.media.tracking import FrameBoxes, TemporalCoverage, Track, match_faces
 from sanitizer.media.video.detector import VideoDetector
 from sanitizer.media.video.geometry import stored_to_upright, upright_to_stored
@@ -211,11 +212,12 @@ def _side(box: np.ndarray) -> float:
 
 
 def _align(side: float) -> int:
-    """Sides of 256 px and more go to the nearest multiple of 32 (ties down): the network pads
-    its input to /32, so 360 px would cost as much as 384 (the aspect changes by < 5 %)."""
+    """Sides of 256 px and more go to the nearest multiple of the network's stride, 32 (ties
+    down): the network pads its input to /32, so 360 px would cost as much as 384 (the aspect
+    changes by < 5 %)."""
     if side < 256:
         return max(2, int(round(side)))
-    return int((side + 15) // 32) * 32
+    return int((side + STRIDE // 2 - 1) // STRIDE) * STRIDE
 
 
 def upright_crop(
