@@ -76,7 +76,11 @@ def mask_for(
     return mask
 
 
-def _regions(boxes: np.ndarray, margin: float, width: int, height: int, grid: int = 0):
+def _rois(
+    boxes: np.ndarray, margin: float, width: int, height: int, grid: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """The enlarged boxes (unclipped, float) and their clipped integer regions, widened to
+    multiples of `grid` px when grid > 1."""
     b = np.asarray(boxes, np.float64).reshape(-1, 4)
     cx, cy = (b[:, 0] + b[:, 2]) / 2, (b[:, 1] + b[:, 3]) / 2
     hw, hh = (b[:, 2] - b[:, 0]) * margin / 2, (b[:, 3] - b[:, 1]) * margin / 2
@@ -87,10 +91,59 @@ def _regions(boxes: np.ndarray, margin: float, width: int, height: int, grid: in
         rois[:, 2:] = -(-rois[:, 2:] // grid) * grid
         rois[:, [0, 2]] = rois[:, [0, 2]].clip(0, width)
         rois[:, [1, 3]] = rois[:, [1, 3]].clip(0, height)
+    return big, rois
+
+
+def _regions(boxes: np.ndarray, margin: float, width: int, height: int, grid: int = 0):
+    big, rois = _rois(boxes, margin, width, height, grid)
     for box, roi in zip(big, rois, strict=True):
         x1, y1, x2, y2 = (int(v) for v in roi)
         if x2 > x1 and y2 > y1:
             yield box, (x1, y1, x2, y2)
+
+
+def _sides(big: np.ndarray, margin: float, grid: int) -> np.ndarray:
+    """The face side each enlarged box's redaction is scaled to (blur sigma, block size); on
+    a grid (video) in quarter-octave steps, rounded up: the blur changes only when the face
+    does."""
+    area = (big[:, 2] - big[:, 0]) * (big[:, 3] - big[:, 1])
+    side = np.sqrt(np.maximum(1.0, area)) / margin
+    if grid > 1:
+        side = 2 ** (np.ceil(np.log2(side) * 4) / 4)
+    return side
+
+
+_COVER_ROWS = 1024  # regions compared at once with all the others (bounds the memory)
+
+
+def covering(
+    boxes: np.ndarray, params: RedactParams, width: int, height: int, grid: int = 0
+) -> np.ndarray:
+    """The boxes whose masks `redact_inplace` must paint to redact all of `boxes`. With box
+    masks, a box whose region lies inside another box's region, with a face side no bigger
+    than that box's, is covered by that box's mask (with a blur or pixel block at least as
+    strong) and is left out; of identical regions the first one stays. A crowd's tracks give
+    video frames hundreds of regions nested in one another (BENCHMARKS.md, Video)."""
+    b = np.asarray(boxes, np.float32).reshape(-1, 4)
+    if params.shape != "box" or len(b) < 2:
+        return b
+    big, rois = _rois(b, params.margin, width, height, grid)
+    sides = _sides(big, params.margin, grid)
+    _, first = np.unique(np.column_stack([rois, sides]), axis=0, return_index=True)
+    first.sort()
+    r, s = rois[first], sides[first]
+    covered = np.zeros(len(first), bool)
+    for i in range(0, len(first), _COVER_ROWS):  # [i, j]: is region i inside region j?
+        ri, si = r[i : i + _COVER_ROWS, None], s[i : i + _COVER_ROWS, None]
+        inside = ri[..., 0] >= r[None, :, 0]
+        inside &= ri[..., 1] >= r[None, :, 1]
+        inside &= ri[..., 2] <= r[None, :, 2]
+        inside &= ri[..., 3] <= r[None, :, 3]
+        inside &= si <= s[None, :]
+        # distinct rows: no two regions are inside each other, none but itself is i
+        np.fill_diagonal(inside[:, i:], False)
+        covered[i : i + _COVER_ROWS] = inside.any(axis=1)
+    return b[first[~covered]]
 
 
 def _gaussian(roi: np.ndarray, side: float, p: RedactParams) -> np.ndarray:
@@ -173,16 +226,17 @@ def redact_inplace(
     if image.ndim == 3 and image.shape[2] == 2:  # gray + alpha
         color_channels = 1
     painted = []
-    for box, roi in _regions(boxes, params.margin, w, h, grid):
-        painted.append(roi)
+    big, rois = _rois(boxes, params.margin, w, h, grid)
+    sides = _sides(big, params.margin, grid).tolist()
+    for box, roi, side in zip(big, rois.tolist(), sides, strict=True):
         x1, y1, x2, y2 = roi
+        if x2 <= x1 or y2 <= y1:
+            continue
+        painted.append((x1, y1, x2, y2))
         view = image[y1:y2, x1:x2]
         if color_channels is not None:
             view = view[..., :color_channels]
         region = np.ascontiguousarray(view)
-        side = float(np.sqrt(max(1.0, (box[2] - box[0]) * (box[3] - box[1])))) / params.margin
-        if grid > 1:  # quarter-octave steps, rounded up: the blur changes only when the face does
-            side = float(2 ** (np.ceil(np.log2(side) * 4) / 4))
         redacted = method(region, side, params)
         if params.shape == "box":  # the whole region: a plain copy, no boolean indexing
             view[...] = redacted

@@ -1,7 +1,15 @@
 import numpy as np
 import pytest
 
-from sanitizer.redact import METHODS, RedactParams, expand_boxes, mask_for, redact, redact_inplace
+from sanitizer.redact import (
+    METHODS,
+    RedactParams,
+    covering,
+    expand_boxes,
+    mask_for,
+    redact,
+    redact_inplace,
+)
 
 RNG = np.random.default_rng(1234)
 BOX = np.array([[60.0, 40.0, 140.0, 150.0]])
@@ -103,3 +111,52 @@ def test_grid_aligned_regions_only_grow_and_sit_on_the_grid(method):
     moved = img.copy()
     redact_inplace(moved, box - 1.0, p, grid=16)
     assert np.array_equal((moved != img).any(axis=2), changed)
+
+
+def test_covering_leaves_out_boxes_whose_region_a_stronger_mask_already_covers():
+    p = RedactParams(method="gaussian", shape="box", margin=1.0)
+    big = [0.0, 0.0, 64.0, 64.0]
+    boxes = np.array(
+        [
+            [4.0, 4.0, 30.0, 30.0],  # inside `big`, smaller face: covered
+            big,
+            big,  # the same region again: the first one stays
+            [100.0, 100.0, 130.0, 130.0],  # apart: stays
+            [60.0, 60.0, 120.0, 120.0],  # overlaps `big` without being inside it: stays
+        ],
+        np.float32,
+    )
+    kept = covering(boxes, p, 320, 240, grid=16)
+    assert kept.tolist() == boxes[[1, 3, 4]].tolist()
+    # a box clipped at the frame's edge whose face is bigger than its container's keeps its
+    # own (stronger) mask even though its clipped region lies inside the container's
+    edge = np.array([[0.0, 0.0, 48.0, 48.0], [-200.0, -200.0, 20.0, 20.0]], np.float32)
+    assert len(covering(edge, p, 320, 240, grid=16)) == 2
+    # ellipses inside a box region are not inside its ellipse: every box is kept
+    assert len(covering(boxes, RedactParams(shape="ellipse", margin=1.0), 320, 240, 16)) == 5
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_covered_boxes_change_nothing_a_solid_fill_shows(method):
+    """Painting only the covering boxes paints the same pixels; a solid fill gives the very
+    same image, and the other methods still change every pixel of every region."""
+    rng = np.random.default_rng(7)
+    xy = rng.uniform(0, 200, (60, 2))
+    boxes = np.hstack([xy, xy + rng.uniform(8, 40, (60, 2))]).astype(np.float32)
+    p = RedactParams(method=method, shape="box", margin=1.5)
+    img = noisy(h=256, w=256, c=1)
+    every, only = img.copy(), img.copy()
+    regions = redact_inplace(every, boxes, p, grid=16)
+    kept = covering(boxes, p, 256, 256, grid=16)
+    assert len(kept) < len(boxes)
+    kept_regions = redact_inplace(only, kept, p, grid=16)
+    union = np.zeros(img.shape, bool)
+    for x1, y1, x2, y2 in regions:
+        union[y1:y2, x1:x2] = True
+    kept_union = np.zeros(img.shape, bool)
+    for x1, y1, x2, y2 in kept_regions:
+        kept_union[y1:y2, x1:x2] = True
+    assert np.array_equal(union, kept_union)
+    assert np.array_equal(only[~union], img[~union])
+    if method == "solid":
+        assert np.array_equal(only, every)

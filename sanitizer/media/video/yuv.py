@@ -11,7 +11,7 @@ import av
 import cv2
 import numpy as np
 
-from sanitizer.redact import RedactParams, redact_inplace
+from sanitizer.redact import RedactParams, covering, redact_inplace
 
 # Mask regions in video frames are aligned to H.264's 16-px macroblocks (luma; 8 px in the
 # half-size chroma planes): see redact_inplace's `grid`
@@ -78,6 +78,9 @@ def redact_yuv420p(
         return []
     frame.make_writable()
     w, h = frame.width, frame.height
+    # the chroma planes' regions are the luma ones halved (same grid in their pixels): what
+    # covers a box in one plane covers it in all three
+    boxes = covering(boxes, params, w, h, MASK_GRID)
     py, pu, pv = _yuv_params(params, full_range=frame.color_range == 2)
     regions = redact_inplace(plane(frame, 0, w, h), boxes, py, MASK_GRID)
     cw, ch = (w + 1) // 2, (h + 1) // 2
