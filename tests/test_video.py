@@ -1161,3 +1161,42 @@ def test_one_video_runs_on_one_worker(tmp_path, cli):
     assert proc.returncode == 0, proc.stderr
     assert "1 task on an embedded Dask LocalCluster of 1 worker" in proc.stdout
     assert "dask: 1 worker (embedded LocalCluster)" in proc.stderr
+
+
+def test_track_crops_merge_pairs_in_order_like_starting_over_after_each_merge():
+    """scan._merge skips re-trying pairs it knows cannot merge; its result is the plain
+    rule's: merge the first pair (i, j), i < j, that can, then start over from the first."""
+    from sanitizer.media.video.scan import MERGE_WASTE, _merge
+
+    def area(r):
+        return (r[2] - r[0]) * (r[3] - r[1])
+
+    def plain(rects):
+        out = list(rects)
+        while True:
+            pairs = (
+                (i, j)
+                for i in range(len(out))
+                for j in range(i + 1, len(out))
+                if out[i][0] < out[j][2]
+                and out[j][0] < out[i][2]
+                and out[i][1] < out[j][3]
+                and out[j][1] < out[i][3]
+            )
+            for i, j in pairs:
+                a, b = out[i], out[j]
+                u = (min(a[0], b[0]), min(a[1], b[1]), max(a[2], b[2]), max(a[3], b[3]))
+                if area(u) <= MERGE_WASTE * (area(a) + area(b)):
+                    out[i] = u
+                    del out[j]
+                    break
+            else:
+                return out
+
+    rng = np.random.default_rng(3)
+    for _ in range(300):
+        n, side = int(rng.integers(0, 40)), int(rng.choice([100, 300, 1000]))
+        xy = rng.integers(0, side, (n, 2))
+        wh = rng.integers(2, 80, (n, 2))
+        rects = [tuple(int(v) for v in r) for r in np.hstack([xy, xy + wh])]
+        assert _merge(rects) == plain(rects)

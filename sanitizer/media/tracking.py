@@ -118,7 +118,7 @@ class Track:
         v = (self.boxes[i] - self.boxes[j]) / dt
         b = self.boxes[i]
         lim = 0.25 * max(1.0, b[2] - b[0], b[3] - b[1])
-        return np.clip(v, -lim, lim)
+        return np.minimum(np.maximum(v, -lim), lim)  # np.clip's, at 1/2 the call overhead
 
     def predict(self, t: int) -> np.ndarray:
         """Where the track's box is expected at frame t >= its last detection."""

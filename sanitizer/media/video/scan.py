@@ -182,29 +182,34 @@ def same_faces(boxes: np.ndarray, dets: Detections) -> list[int | None]:
 def _merge(rects: list[tuple[int, int, int, int]]) -> list[tuple[int, int, int, int]]:
     """Overlapping rectangles replaced by their union while it covers at most MERGE_WASTE x
     their two areas (each look has a fixed cost; a union of far-apart crops scans empty
-    pixels at full price)."""
-
-    def area(r: tuple[int, int, int, int]) -> int:
-        return (r[2] - r[0]) * (r[3] - r[1])
-
+    pixels at full price). Pairs merge in order: always the first pair (i, j), i < j, that
+    can; a grown rectangle is first tried against the ones before it (every other pair
+    before it was tried already), then its row is tried again. A crowd has hundreds of
+    crops a frame."""
     out = list(rects)
-    merged = True
-    while merged:
-        merged = False
-        for i in range(len(out)):
-            for j in range(i + 1, len(out)):
-                a, b = out[i], out[j]
-                if not (a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]):
-                    continue
-                u = (min(a[0], b[0]), min(a[1], b[1]), max(a[2], b[2]), max(a[3], b[3]))
-                if area(u) <= MERGE_WASTE * (area(a) + area(b)):
-                    out[i] = u
-                    del out[j]
-                    merged = True
-                    break
-            if merged:
-                break
+    i = 0
+    while i < len(out):
+        j = next((j for j in range(i + 1, len(out)) if _mergeable(out[i], out[j])), None)
+        if j is None:
+            i += 1
+            continue
+        out[i] = _union(out[i], out.pop(j))
+        while (k := next((k for k in range(i) if _mergeable(out[k], out[i])), None)) is not None:
+            out[k] = _union(out[k], out.pop(i))
+            i = k
     return out
+
+
+def _union(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
+    return (min(a[0], b[0]), min(a[1], b[1]), max(a[2], b[2]), max(a[3], b[3]))
+
+
+def _mergeable(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> bool:
+    if not (a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]):
+        return False
+    u = _union(a, b)
+    area = (u[2] - u[0]) * (u[3] - u[1])
+    return area <= MERGE_WASTE * ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]))
 
 
 def _side(box: np.ndarray) -> float:
