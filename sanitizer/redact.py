@@ -124,7 +124,7 @@ def covering(
     than that box's, is covered by that box's mask (with a blur or pixel block at least as
     strong) and is left out; of identical regions the first one stays. A crowd's tracks give
     video frames hundreds of regions nested in one another (BENCHMARKS.md, Video)."""
-    b = np.asarray(boxes, np.float32).reshape(-1, 4)
+    b = np.asarray(boxes).reshape(-1, 4)  # as given: float32 and float64 boxes round alike
     if params.shape != "box" or len(b) < 2:
         return b
     big, rois = _rois(b, params.margin, width, height, grid)
