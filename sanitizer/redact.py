@@ -70,7 +70,7 @@ def mask_for(
 ) -> np.ndarray:
     """Full-size boolean mask of all faces (used by evaluation and tests)."""
     mask = np.zeros((height, width), bool)
-    for box, roi in _regions(boxes, margin, width, height):
+    for box, roi, _ in _regions(boxes, margin, width, height):
         x1, y1, x2, y2 = roi
         mask[y1:y2, x1:x2] |= _region_mask(shape, box, roi)
     return mask
@@ -95,11 +95,12 @@ def _rois(
 
 
 def _regions(boxes: np.ndarray, margin: float, width: int, height: int, grid: int = 0):
+    """(enlarged box, clipped region, face side) of every box whose region is not empty."""
     big, rois = _rois(boxes, margin, width, height, grid)
-    for box, roi in zip(big, rois, strict=True):
-        x1, y1, x2, y2 = (int(v) for v in roi)
+    sides = _sides(big, margin, grid).tolist()
+    for box, (x1, y1, x2, y2), side in zip(big, rois.tolist(), sides, strict=True):
         if x2 > x1 and y2 > y1:
-            yield box, (x1, y1, x2, y2)
+            yield box, (x1, y1, x2, y2), side
 
 
 def _sides(big: np.ndarray, margin: float, grid: int) -> np.ndarray:
@@ -226,13 +227,9 @@ def redact_inplace(
     if image.ndim == 3 and image.shape[2] == 2:  # gray + alpha
         color_channels = 1
     painted = []
-    big, rois = _rois(boxes, params.margin, w, h, grid)
-    sides = _sides(big, params.margin, grid).tolist()
-    for box, roi, side in zip(big, rois.tolist(), sides, strict=True):
+    for box, roi, side in _regions(boxes, params.margin, w, h, grid):
+        painted.append(roi)
         x1, y1, x2, y2 = roi
-        if x2 <= x1 or y2 <= y1:
-            continue
-        painted.append((x1, y1, x2, y2))
         view = image[y1:y2, x1:x2]
         if color_channels is not None:
             view = view[..., :color_channels]
