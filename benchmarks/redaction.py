@@ -6,10 +6,10 @@ Runs the product's video pipeline on CLIP (in this process, the configured detec
 fill) and keeps the first --frames frames that reach the redaction stage with the boxes the
 tracker gave them (`pipeline.redact_yuv420p` is wrapped to see them; the output is thrown
 away). Then, for each redaction method, times on copies of those frames: every box painted in
-the three planes (what the stage did before `redact.covering`) and the stage's own
-`redact_yuv420p` (covering boxes only); best of --runs per frame, ms per frame. Prints the
-boxes per frame and how many cover the rest. A crowd pan (e.g. a `pan_video.py --grid 8x8`
-clip) has hundreds of boxes per frame.
+the three planes (the stage's `redact_yuv420p` with `redact.covering` swapped for "keep
+every box", what it did before) and the stage as it is (covering boxes only); best of --runs
+per frame, ms per frame. Prints the boxes per frame and how many cover the rest. A crowd pan
+(e.g. a `pan_video.py --grid 8x8` clip) has hundreds of boxes per frame.
 """
 
 from __future__ import annotations
@@ -57,21 +57,6 @@ def capture(clip: str, frames: int) -> list[tuple[list[np.ndarray], int, int, np
     return kept
 
 
-def every_box(frame, boxes: np.ndarray, params) -> None:
-    """The redaction stage without `covering`: every box in each plane."""
-    from sanitizer.media.video.yuv import MASK_GRID, _yuv_params, plane
-    from sanitizer.redact import redact_inplace
-
-    frame.make_writable()
-    w, h = frame.width, frame.height
-    py, pu, pv = _yuv_params(params, full_range=frame.color_range == 2)
-    redact_inplace(plane(frame, 0, w, h), boxes, py, MASK_GRID)
-    cw, ch = (w + 1) // 2, (h + 1) // 2
-    half = np.asarray(boxes, np.float32) / 2
-    redact_inplace(plane(frame, 1, cw, ch), half, pu, MASK_GRID // 2)
-    redact_inplace(plane(frame, 2, cw, ch), half, pv, MASK_GRID // 2)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("clip")
@@ -81,7 +66,7 @@ def main() -> None:
 
     import av
 
-    from sanitizer.media.video.yuv import redact_yuv420p
+    from sanitizer.media.video import yuv
     from sanitizer.redact import RedactParams, covering
 
     kept = capture(args.clip, args.frames)
@@ -94,21 +79,28 @@ def main() -> None:
         f"{max(n_boxes)}, covering ones {min(n_cover)}–{max(n_cover)}"
     )
 
-    def timed(fn, planes, w, h, boxes, params) -> float:
+    def timed(planes, w, h, boxes, params) -> float:
         best = float("inf")
         for _ in range(args.runs):
             frame = av.VideoFrame(w, h, "yuv420p")
             for p, a in zip(frame.planes, planes, strict=True):
                 np.frombuffer(p, np.uint8)[:] = a.reshape(-1)
             t = time.perf_counter()
-            fn(frame, boxes, params)
+            yuv.redact_yuv420p(frame, boxes, params)
             best = min(best, time.perf_counter() - t)
         return best
 
+    def ms_per_frame(params) -> float:
+        return sum(timed(*k, params) for k in kept) / len(kept) * 1000
+
     for method in ("gaussian", "pixelate", "solid"):
         params = RedactParams(method=method)
-        every = sum(timed(every_box, *k, params) for k in kept) / len(kept) * 1000
-        cover = sum(timed(redact_yuv420p, *k, params) for k in kept) / len(kept) * 1000
+        yuv.covering = lambda boxes, *_: boxes  # the stage as it was: every box painted
+        try:
+            every = ms_per_frame(params)
+        finally:
+            yuv.covering = covering
+        cover = ms_per_frame(params)
         print(f"  {method:9s} every box {every:6.1f} ms/frame, covering boxes {cover:6.1f}")
 
 
